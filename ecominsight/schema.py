@@ -1,0 +1,63 @@
+"""Canonical table contracts shared by every stage, and the quarantine reason codes."""
+
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+USER_ATTRIBUTES = ("age", "gender", "region")
+EVENT_TYPES = ("view", "search", "cart", "remove_cart", "fav", "purchase", "return")
+
+EVENTS = T.StructType([
+    T.StructField("user_id", T.StringType(), False),
+    T.StructField("ts", T.TimestampType(), False),
+    T.StructField("event_type", T.StringType(), False),
+    T.StructField("item_id", T.StringType(), True),
+    T.StructField("category", T.StringType(), True),
+    T.StructField("brand", T.StringType(), True),
+    T.StructField("price", T.DoubleType(), True),
+    T.StructField("quantity", T.DoubleType(), True),
+    T.StructField("query", T.StringType(), True),
+    T.StructField("session_id", T.StringType(), True),
+    T.StructField("source", T.StringType(), False),
+    T.StructField("dt", T.DateType(), False),
+])
+
+USERS = T.StructType([
+    T.StructField("user_id", T.StringType(), False),
+    T.StructField("age", T.IntegerType(), True),
+    T.StructField("gender", T.StringType(), False),
+    T.StructField("region", T.StringType(), True),
+    T.StructField("signup_ts", T.TimestampType(), True),
+])
+
+ITEMS = T.StructType([
+    T.StructField("item_id", T.StringType(), False),
+    T.StructField("title", T.StringType(), True),
+    T.StructField("category", T.StringType(), True),
+    T.StructField("brand", T.StringType(), True),
+    T.StructField("price", T.DoubleType(), True),
+    T.StructField("description", T.StringType(), True),
+])
+
+LABELS = T.StructType([
+    T.StructField("user_id", T.StringType(), False),
+    T.StructField("label", T.IntegerType(), False),
+])
+
+QUARANTINE = T.StructType([
+    T.StructField("raw", T.StringType(), True),
+    T.StructField("reason", T.StringType(), False),
+    T.StructField("source_file", T.StringType(), True),
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("source", T.StringType(), False),
+])
+
+# Reason codes, in the order the checks run: a row carries the first one it fails.
+REASON_MALFORMED = "malformed_row"  # wrong column count or unparseable record
+REASON_MISSING_USER = "missing_user_id"
+REASON_BAD_TIMESTAMP = "bad_timestamp"
+REASON_UNKNOWN_EVENT = "unknown_event_type"
+REASON_BAD_NUMBER = "bad_number"
+REASON_OUTSIDE_WINDOW = "outside_window"
+REASON_BAD_LABEL = "bad_label"
+REASON_DUPLICATE = "duplicate"

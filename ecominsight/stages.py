@@ -1,0 +1,230 @@
+"""The stages: thin glue that reads a lake zone, applies the pure transforms, and writes the next.
+
+Each `run_<stage>(spark, config, lake, run_id)` returns a small summary dict for logs and the CLI.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ecominsight.config import Config, ConfigError, config_to_dict
+from ecominsight.io import Lake, LakeError, read_json, read_source, write_json
+from ecominsight.presets import Preset, load_preset
+from ecominsight.transforms import clean, fuse
+
+log = logging.getLogger(__name__)
+
+STAGES = ("clean", "fuse", "train", "score", "pipeline")
+LR_MODEL, TRANSFORMER_MODEL = "lr", "transformer"
+
+
+class AccountingError(RuntimeError):
+    """Input rows != clean rows + quarantined rows: a row went missing, which must never happen."""
+
+
+def _tag_kwargs(preset: Preset, run_id: str) -> dict[str, Any]:
+    ts = preset.timestamp
+    return dict(
+        source=preset.name, run_id=run_id, field_map=preset.events, user_field_map=preset.users,
+        label_column=preset.label, event_type_map=preset.event_types,
+        ts_column=ts.column, ts_unit=ts.unit, ts_format=ts.format, ts_zone=ts.zone, ts_value=ts.value,
+        window=(preset.window.start, preset.window.end, preset.window.zone) if preset.window else None,
+        reject_rules=[(rule.reason, rule.when) for rule in preset.reject],
+    )
+
+
+def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
+    """raw files (through the source preset) -> clean/{events,users,items[,labels]} + quarantine/events."""
+    preset = load_preset(config.source.preset)
+    paths = preset.resolved_paths(config.source.paths)
+    log.info("clean: preset %s reading %s", preset.name, paths)
+    raw = clean.resolve_aliases(read_source(spark, preset, paths), aliases=preset.aliases)
+    tagged = clean.mark_duplicates(clean.tag_events(raw, **_tag_kwargs(preset, run_id)))
+    tagged = tagged.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        by_reason = {row["reason"]: row["count"] for row in tagged.groupBy("reason").count().collect()}
+        n_input = raw.count()
+        n_clean = by_reason.pop(None, 0)
+        n_quarantined = sum(by_reason.values())
+        if n_input != n_clean + n_quarantined:
+            raise AccountingError(f"input rows {n_input} != clean {n_clean} + quarantined {n_quarantined}")
+        lake.write(clean.accepted_events(tagged), "clean", "events", partition_by=["dt"])
+        lake.write(clean.quarantined_rows(tagged), "quarantine", "events", partition_by=["source"])
+        lake.write(clean.derive_users(tagged, gender_values=preset.gender_values), "clean", "users")
+        lake.write(clean.derive_items(tagged), "clean", "items")
+        if preset.label:
+            lake.write(clean.derive_labels(tagged), "clean", "labels")
+    finally:
+        tagged.unpersist()
+    summary = {"preset": preset.name, "inputs": paths, "input_rows": n_input, "clean_rows": n_clean,
+               "quarantined_rows": n_quarantined, "quarantined_by_reason": dict(sorted(by_reason.items()))}
+    write_json(lake.report_dir(run_id) / "clean.json", summary)
+    log.info("clean: %d input rows = %d clean + %d quarantined %s", n_input, n_clean, n_quarantined,
+             summary["quarantined_by_reason"])
+    return summary
+
+
+def _latest_event_day(events: DataFrame) -> dt.date:
+    latest = events.agg(F.max("dt")).first()[0]
+    if latest is None:
+        raise LakeError("clean/events is empty: nothing to fuse (see quarantine/events for why)")
+    return latest
+
+
+def run_fuse(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
+    """clean/* -> features/user_sequences (labelled, split) + features/current_sequences (everyone, now)."""
+    events = lake.read(spark, "clean", "events", written_by="clean")
+    users = lake.read(spark, "clean", "users", written_by="clean")
+    items = lake.read(spark, "clean", "items", written_by="clean")
+    settings = config.fuse
+    data_end = _latest_event_day(events) + dt.timedelta(days=1)
+
+    if settings.label_mode == "given":
+        if not lake.exists("clean", "labels"):
+            raise ConfigError("fuse.label_mode=given, but the source preset has no label column (clean/labels is missing)")
+        labels = lake.read(spark, "clean", "labels", written_by="clean")
+        cutoff = data_end
+        training = fuse.fuse_user_sequences(events, users, items, as_of=cutoff, max_events=settings.max_events,
+                                            population="any_event", labels=labels)
+        training = training.join(labels.select("user_id"), "user_id", "left_semi")
+    else:
+        cutoff = (dt.date.fromisoformat(settings.cutoff) if settings.cutoff
+                  else data_end - dt.timedelta(days=settings.horizon_days))
+        labels = fuse.point_in_time_labels(events, cutoff=cutoff, horizon_days=settings.horizon_days)
+        training = fuse.fuse_user_sequences(events, users, items, as_of=cutoff, max_events=settings.max_events,
+                                            population=settings.population, labels=labels)
+    training = fuse.assign_split(training, seed=settings.split_seed, valid_fraction=settings.valid_fraction,
+                                 test_fraction=settings.test_fraction)
+    current = fuse.fuse_user_sequences(events, users, items, as_of=data_end, max_events=settings.max_events,
+                                       population="any_event", labels=None)
+    lake.write(training, "features", "user_sequences")
+    lake.write(current, "features", "current_sequences")
+
+    written = lake.read(spark, "features", "user_sequences", written_by="fuse")
+    by_split = {row["split"]: {"users": row["users"], "positives": row["positives"]}
+                for row in written.groupBy("split").agg(F.count(F.lit(1)).alias("users"),
+                                                        F.sum("label").alias("positives")).collect()}
+    n_current = lake.read(spark, "features", "current_sequences", written_by="fuse").count()
+    summary = {"label_mode": settings.label_mode, "cutoff": cutoff.isoformat(), "data_end": data_end.isoformat(),
+               "horizon_days": settings.horizon_days, "training_users_by_split": by_split, "current_users": n_current}
+    write_json(lake.report_dir(run_id) / "fuse.json", summary)
+    log.info("fuse: cutoff %s, training users by split %s, %d users to score", cutoff, by_split, n_current)
+    return summary
+
+
+def _labels_and_probabilities(scored: DataFrame, split: str) -> tuple[list[int], list[float]]:
+    rows = scored.filter(F.col("split") == split).select("label", "baseline_probability").orderBy("user_id").collect()
+    return [r["label"] for r in rows], [r["baseline_probability"] for r in rows]
+
+
+def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
+    """features/user_sequences -> models/lr/<version>/ and models/transformer/<version>/ (+ LATEST)."""
+    from ecominsight.models import baseline, registry, transformer
+    from ecominsight.models.metrics import evaluate_splits
+
+    data = lake.read(spark, "features", "user_sequences", written_by="fuse")
+    train_split = data.filter(F.col("split") == "train")
+    if train_split.select("label").distinct().count() < 2:
+        raise LakeError("the training split holds only one class; widen fuse.horizon_days or move fuse.cutoff")
+    fingerprint = registry.data_fingerprint(data)
+    version = registry.new_version(fingerprint)
+    lineage = {"version": version, "run_id": run_id, "data_fingerprint": fingerprint,
+               "data_path": lake.table_path("features", "user_sequences"), "code_version": registry.code_version(),
+               "config": config_to_dict(config), "trained_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+
+    # (a) logistic regression on the numeric features, in MLlib
+    lr_settings = config.train.logistic_regression
+    lr_model = baseline.logistic_regression_pipeline(
+        reg_param=lr_settings.reg_param, elastic_net_param=lr_settings.elastic_net_param, max_iter=lr_settings.max_iter
+    ).fit(train_split)
+    scored = baseline.with_baseline_probability(lr_model, data)
+    lr_metrics = evaluate_splits(_labels_and_probabilities(scored, "valid"), _labels_and_probabilities(scored, "test"))
+    lr_metrics["coefficients"] = baseline.coefficients(lr_model)
+    lr_dir = lake.model_dir(LR_MODEL, version)
+    lr_model.write().overwrite().save(str(lr_dir / "spark_model"))
+    write_json(lr_dir / "metrics.json", lr_metrics)
+    write_json(lr_dir / "lineage.json", {**lineage, "model": LR_MODEL})
+    log.info("train: logistic regression test ROC-AUC %s", lr_metrics["test"]["roc_auc"])
+
+    # (b) the pretrained encoder, fine-tuned with TorchDistributor
+    settings = config.train.transformer
+    pretrained_path = transformer.resolve_pretrained(settings.pretrained)
+    extra_tokens: list[str] = []
+    if settings.extend_cjk_vocab:
+        characters = [row["c"] for row in train_split.select(
+            F.explode(F.split(F.regexp_replace("text", f"[^{transformer.CJK_RANGES}]", ""), "")).alias("c")
+        ).filter(F.col("c") != "").distinct().collect()]
+        extra_tokens = transformer.missing_characters(
+            transformer.load_tokenizer(pretrained_path, extra_tokens=[]), characters
+        )
+        log.info("train: %d CJK characters in the training text, %d added to the vocabulary", len(characters), len(extra_tokens))
+    transformer_dir = lake.model_dir(TRANSFORMER_MODEL, version)
+    spec = {"data_path": lake.table_path("features", "user_sequences"), "output_dir": str(transformer_dir),
+            "pretrained_path": pretrained_path, "extra_tokens": extra_tokens, "max_length": settings.max_length,
+            "epochs": settings.epochs, "batch_size": settings.batch_size, "learning_rate": settings.learning_rate,
+            "weight_decay": settings.weight_decay, "warmup_ratio": settings.warmup_ratio, "seed": settings.seed}
+    transformer.run_distributed_training(spec, num_processes=settings.num_processes,
+                                         local_mode=settings.local_mode, use_gpu=settings.use_gpu)
+    transformer_metrics = read_json(transformer_dir / "metrics.json")
+    write_json(transformer_dir / "lineage.json", {**lineage, "model": TRANSFORMER_MODEL, "pretrained": settings.pretrained,
+                                                  "pretrained_path": pretrained_path, "max_length": settings.max_length})
+    log.info("train: transformer test ROC-AUC %s (best epoch %s)", transformer_metrics["test"]["roc_auc"],
+             transformer_metrics["best_epoch"])
+
+    registry.publish(lake, LR_MODEL, version)
+    registry.publish(lake, TRANSFORMER_MODEL, version)
+    summary = {"version": version, "lr": lr_metrics, "transformer": transformer_metrics,
+               "model_dirs": {LR_MODEL: str(lr_dir), TRANSFORMER_MODEL: str(transformer_dir)}}
+    write_json(lake.report_dir(run_id) / "train.json", summary)
+    return summary
+
+
+def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
+    """features/current_sequences + models -> scores/user_scores/score_date=<day>/ (every user, once)."""
+    from pyspark.ml import PipelineModel
+
+    from ecominsight.models import baseline, registry
+    from ecominsight.models.scoring import transformer_probability
+
+    settings = config.score
+    version = registry.resolve_version(lake, TRANSFORMER_MODEL, settings.model_version)
+    lr_version = registry.resolve_version(lake, LR_MODEL, version if lake.model_dir(LR_MODEL, version).is_dir() else "latest")
+    model_dir = lake.model_dir(TRANSFORMER_MODEL, version)
+    max_length = int(read_json(model_dir / "lineage.json")["max_length"])
+    current = lake.read(spark, "features", "current_sequences", written_by="fuse")
+    as_of = current.agg(F.max("as_of")).first()[0]
+    score_date = dt.date.fromisoformat(settings.score_date) if settings.score_date else as_of
+
+    lr_model = PipelineModel.load(str(lake.model_dir(LR_MODEL, lr_version) / "spark_model"))
+    scored = baseline.with_baseline_probability(lr_model, current).select(
+        "user_id",
+        transformer_probability(F.col("text"), str(model_dir), max_length=max_length, batch_size=settings.batch_size,
+                                torch_threads=settings.torch_threads).alias("probability"),
+        "baseline_probability",
+        F.lit(version).alias("model_version"),
+        F.lit(lr_version).alias("baseline_model_version"),
+        F.lit(score_date).cast("date").alias("score_date"),
+    )
+    path = lake.write(scored, "scores", "user_scores", partition_by=["score_date"])
+    n_scored = lake.read(spark, "scores", "user_scores", written_by="score").filter(F.col("score_date") == F.lit(score_date)).count()
+    summary = {"model_version": version, "baseline_model_version": lr_version, "score_date": score_date.isoformat(),
+               "users_scored": n_scored, "path": path}
+    write_json(lake.report_dir(run_id) / "score.json", summary)
+    log.info("score: %d users scored for %s with model %s", n_scored, score_date, version)
+    return summary
+
+
+def run_stage(stage: str, spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
+    """Run one stage, or all of them in order for `pipeline`."""
+    runners = {"clean": run_clean, "fuse": run_fuse, "train": run_train, "score": run_score}
+    if stage == "pipeline":
+        return {name: runner(spark, config, lake, run_id) for name, runner in runners.items()}
+    if stage not in runners:
+        raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    return {stage: runners[stage](spark, config, lake, run_id)}

@@ -1,0 +1,178 @@
+"""Fuse: canonical users/events/items -> one row per user with text, numeric features, label, split.
+
+Pure DataFrame -> DataFrame transforms. Point-in-time discipline: every feature is computed
+from events strictly before `as_of`; the label looks only at [as_of, as_of + horizon).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+AGGREGATE_FEATURES = (
+    "n_events", "n_view", "n_search", "n_cart", "n_remove_cart", "n_fav", "n_purchase", "n_return",
+    "n_baskets", "n_baskets_90d", "n_baskets_365d", "n_active_days", "n_distinct_items",
+    "n_distinct_categories", "spend", "spend_365d",
+)
+TIME_FEATURES = ("recency_days", "purchase_recency_days", "tenure_days", "mean_basket_gap_days")
+NUMERIC_FEATURES = AGGREGATE_FEATURES + TIME_FEATURES
+SPLITS = ("train", "valid", "test")
+SEQUENCE_SEPARATOR = " ; "
+# A user who never bought gets this "days since last purchase": longer than any real history.
+NEVER_PURCHASED_DAYS = 3650.0
+
+
+def _ts_literal(day: dt.date) -> Column:
+    return F.lit(dt.datetime.combine(day, dt.time.min)).cast("timestamp")
+
+
+def events_before(events: DataFrame, *, as_of: dt.date) -> DataFrame:
+    """Events strictly before midnight UTC of `as_of`."""
+    return events.filter(F.col("ts") < _ts_literal(as_of))
+
+
+def user_numeric_features(events: DataFrame, *, as_of: dt.date) -> DataFrame:
+    """Per user, behaviour counts, spend, recency and rhythm from events before `as_of`.
+
+    Input: canonical events. Output: user_id + NUMERIC_FEATURES (doubles, no nulls).
+    """
+    cutoff = _ts_literal(as_of)
+    history = events_before(events, as_of=as_of)
+    is_purchase = F.col("event_type") == "purchase"
+    # A basket is a purchase session (an invoice, an order); sources without sessions use the day.
+    basket = F.when(is_purchase, F.coalesce(F.col("session_id"), F.col("dt").cast("string")))
+    amount = F.when(is_purchase, F.coalesce(F.col("price"), F.lit(0.0)) * F.coalesce(F.col("quantity"), F.lit(1.0)))
+    days_before = F.datediff(cutoff, F.col("ts"))
+    counts = [
+        F.count(F.when(F.col("event_type") == kind, 1)).alias(f"n_{kind}")
+        for kind in ("view", "search", "cart", "remove_cart", "fav", "purchase", "return")
+    ]
+    per_user = history.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("n_events"),
+        *counts,
+        F.countDistinct(basket).alias("n_baskets"),
+        F.countDistinct(F.when(days_before < 90, basket)).alias("n_baskets_90d"),
+        F.countDistinct(F.when(days_before < 365, basket)).alias("n_baskets_365d"),
+        F.countDistinct("dt").alias("n_active_days"),
+        F.countDistinct("item_id").alias("n_distinct_items"),
+        F.countDistinct("category").alias("n_distinct_categories"),
+        F.coalesce(F.sum(amount), F.lit(0.0)).alias("spend"),
+        F.coalesce(F.sum(F.when(days_before < 365, amount)), F.lit(0.0)).alias("spend_365d"),
+        (F.unix_timestamp(cutoff) - F.unix_timestamp(F.max("ts"))).alias("_recency_s"),
+        (F.unix_timestamp(cutoff) - F.unix_timestamp(F.max(F.when(is_purchase, F.col("ts"))))).alias("_purchase_recency_s"),
+        (F.unix_timestamp(cutoff) - F.unix_timestamp(F.min("ts"))).alias("_tenure_s"),
+        (F.unix_timestamp(F.max(F.when(is_purchase, F.col("ts")))) - F.unix_timestamp(F.min(F.when(is_purchase, F.col("ts")))))
+        .alias("_purchase_span_s"),
+    )
+    day = 86400.0
+    return per_user.select(
+        "user_id",
+        *[F.col(name).cast("double").alias(name) for name in AGGREGATE_FEATURES],
+        (F.col("_recency_s") / day).alias("recency_days"),
+        F.coalesce(F.col("_purchase_recency_s") / day, F.lit(NEVER_PURCHASED_DAYS)).alias("purchase_recency_days"),
+        (F.col("_tenure_s") / day).alias("tenure_days"),
+        # Mean gap between first and last basket; a single basket has no rhythm yet: use the tenure.
+        F.when(F.col("n_baskets") > 1, F.col("_purchase_span_s") / day / (F.col("n_baskets") - 1))
+        .otherwise(F.col("_tenure_s") / day).alias("mean_basket_gap_days"),
+    ).select("user_id", *NUMERIC_FEATURES)
+
+
+def event_phrase(events_with_items: DataFrame) -> Column:
+    """One behaviour event as a short phrase, e.g. `11-30 cart red retrospot cake stand x2 10.95`."""
+    what = F.coalesce(F.col("query"), F.col("title"), F.col("category"), F.col("brand"), F.col("item_id"))
+    quantity = F.when(F.col("quantity").isNotNull() & (F.col("quantity") != 1), F.concat(F.lit("x"), F.col("quantity").cast("long").cast("string")))
+    price = F.when(F.col("price").isNotNull(), F.format_number(F.col("price"), 2))
+    return F.concat_ws(" ", F.date_format("ts", "MM-dd"), F.col("event_type"), what, quantity, price)
+
+
+def user_behaviour_text(events: DataFrame, items: DataFrame, *, as_of: dt.date | None, max_events: int) -> DataFrame:
+    """The time-ordered behaviour text per user, most recent `max_events` kept.
+
+    Input: canonical events and items. Output: user_id, behaviour (string), n_events_in_text.
+    """
+    history = events if as_of is None else events_before(events, as_of=as_of)
+    titled = history.join(
+        items.select("item_id", F.col("title"), F.col("category").alias("item_category")), "item_id", "left"
+    ).withColumn("category", F.coalesce("category", "item_category"))
+    phrases = titled.select(
+        "user_id",
+        F.struct(F.col("ts"), F.coalesce(F.col("item_id"), F.lit("")).alias("item_id"), event_phrase(titled).alias("phrase")).alias("e"),
+    )
+    ordered = phrases.groupBy("user_id").agg(F.sort_array(F.collect_list("e")).alias("events"))
+    recent = F.expr(f"slice(events, greatest(size(events) - {int(max_events)} + 1, 1), {int(max_events)})")
+    return ordered.select(
+        "user_id",
+        F.array_join(F.transform(recent, lambda e: e["phrase"]), SEQUENCE_SEPARATOR).alias("behaviour"),
+        F.size(recent).alias("n_events_in_text"),
+    )
+
+
+def attribute_text(users: DataFrame) -> DataFrame:
+    """`age 25 | gender F | region Beijing` per user (missing attributes left out)."""
+    parts = [
+        F.when(F.col("age").isNotNull(), F.concat(F.lit("age "), F.col("age").cast("string"))),
+        F.when(F.col("gender").isNotNull() & (F.col("gender") != "U"), F.concat(F.lit("gender "), F.col("gender"))),
+        F.when(F.col("region").isNotNull(), F.concat(F.lit("region "), F.col("region"))),
+    ]
+    return users.select("user_id", F.concat_ws(" | ", *parts).alias("attributes"))
+
+
+def point_in_time_labels(events: DataFrame, *, cutoff: dt.date, horizon_days: int) -> DataFrame:
+    """Users who purchase in [cutoff, cutoff + horizon_days): user_id, label = 1."""
+    start, end = _ts_literal(cutoff), _ts_literal(cutoff + dt.timedelta(days=horizon_days))
+    buyers = events.filter((F.col("event_type") == "purchase") & (F.col("ts") >= start) & (F.col("ts") < end))
+    return buyers.select("user_id").distinct().withColumn("label", F.lit(1))
+
+
+def assign_split(users: DataFrame, *, seed: int, valid_fraction: float, test_fraction: float) -> DataFrame:
+    """Add a stable user-level `split` (train/valid/test) from a seeded hash of user_id."""
+    bucket = F.pmod(F.xxhash64(F.col("user_id"), F.lit(seed)), F.lit(10_000)) / 10_000.0
+    split = (
+        F.when(bucket < test_fraction, F.lit("test"))
+        .when(bucket < test_fraction + valid_fraction, F.lit("valid"))
+        .otherwise(F.lit("train"))
+    )
+    return users.withColumn("split", split)
+
+
+def fuse_user_sequences(
+    events: DataFrame,
+    users: DataFrame,
+    items: DataFrame,
+    *,
+    as_of: dt.date,
+    max_events: int,
+    population: str = "any_event",
+    labels: DataFrame | None = None,
+) -> DataFrame:
+    """One row per user: `text` (attributes [SEP] behaviour), numeric features, `label`, `as_of`.
+
+    Features use events strictly before `as_of`. `population`: `any_event` keeps every user with
+    an event before `as_of` (plus users known only from the users table); `purchasers` keeps those
+    with a purchase before it. `labels` (user_id, label) joins as given; users without one get 0.
+    With `labels=None` the label column is null (a scoring table).
+    """
+    features = user_numeric_features(events, as_of=as_of)
+    if population == "purchasers":
+        base = features.filter(F.col("n_purchase") > 0).select("user_id")
+    else:
+        base = features.select("user_id").unionByName(users.select("user_id")).distinct()
+    text = user_behaviour_text(events, items, as_of=as_of, max_events=max_events)
+    fused = (
+        base.join(features, "user_id", "left")
+        .join(text, "user_id", "left")
+        .join(attribute_text(users), "user_id", "left")
+        .fillna(0.0, subset=list(NUMERIC_FEATURES))
+        .fillna(0, subset=["n_events_in_text"])
+    )
+    sequence = F.concat_ws(" [SEP] ", F.when(F.col("attributes") != "", F.col("attributes")), F.col("behaviour"))
+    fused = fused.withColumn("text", F.coalesce(F.when(sequence != "", sequence), F.lit("no history")))
+    if labels is None:
+        fused = fused.withColumn("label", F.lit(None).cast("int"))
+    else:
+        fused = fused.join(labels.select("user_id", F.col("label").cast("int")), "user_id", "left").fillna(0, subset=["label"])
+    return fused.withColumn("as_of", F.lit(as_of).cast("date")).select(
+        "user_id", "text", *NUMERIC_FEATURES, "n_events_in_text", "label", "as_of"
+    )
