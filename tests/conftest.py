@@ -1,0 +1,55 @@
+"""Shared fixtures: one local SparkSession, the shared real data, a tiny encoder for fast training."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("ECOMINSIGHT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from ecominsight.session import get_spark
+
+    session, created = get_spark(
+        "ecominsight-tests", "local[2]",
+        {"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false", "spark.default.parallelism": "2",
+         "spark.driver.extraJavaOptions": f"-Dderby.system.home={REPO / '.pytest_cache'}"},
+    )
+    yield session
+    if created:
+        session.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real public samples in ../shared/data; tests that need them skip where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent: tests on the real shared samples need ../shared/data beside the repo")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> str:
+    """A 2-layer, 64-wide BERT with the MiniLM vocabulary and tokenizer, saved as safetensors.
+
+    Randomly initialised, so it learns nothing useful; it makes training tests take seconds."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from ecominsight.models.transformer import resolve_pretrained
+
+    minilm = resolve_pretrained("minilm")
+    tokenizer = AutoTokenizer.from_pretrained(minilm)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=512, num_labels=2)
+    target = tmp_path_factory.mktemp("tiny_encoder")
+    BertForSequenceClassification(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return str(target)
