@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Mapping
 
 from pyspark.sql import SparkSession
@@ -30,6 +31,8 @@ def get_spark(app_name: str = "ecominsight", master: str | None = None,
         log.info("using the active SparkSession (master %s)", active.sparkContext.master)
         return active, False
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Python workers must run the interpreter that has our dependencies, not whatever is on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)

@@ -20,7 +20,7 @@ def spark():
 
     session, created = get_spark(
         "ecominsight-tests", "local[2]",
-        {"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false", "spark.default.parallelism": "2",
+        {"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "spark.default.parallelism": "2",
          "spark.driver.extraJavaOptions": f"-Dderby.system.home={REPO / '.pytest_cache'}"},
     )
     yield session

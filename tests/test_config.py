@@ -1,0 +1,63 @@
+"""Configuration is validated before any Spark work: unknown keys, bad types and ranges fail early."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ecominsight.config import ConfigError, load_config, parse_overrides
+from ecominsight.presets import load_preset
+
+
+def test_env_overlay_and_overrides_merge_in_order():
+    config = load_config("local", ["fuse.horizon_days=30", "train.transformer.epochs=1", "spark.conf.a.b=c"])
+    assert config.fuse.horizon_days == 30
+    assert config.train.transformer.epochs == 1
+    assert config.spark.master == "local[*]"  # from local.yaml
+    assert config.spark.conf["spark.sql.shuffle.partitions"] == "8"  # base.yaml survives the overlay
+    assert config.fuse.cutoff == "2011-09-10"
+
+
+def test_config_is_frozen():
+    config = load_config("local")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.fuse.horizon_days = 1
+
+
+def test_override_values_are_parsed_as_yaml_scalars():
+    assert parse_overrides(["a.b=3", "a.c=true", "d=[x, y]", "e=0.5"]) == {"a": {"b": 3, "c": True}, "d": ["x", "y"], "e": 0.5}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("fuse.horizon_dayz=3", "unknown config key 'fuse.horizon_dayz'; allowed keys at fuse: cutoff,"),
+    ("nonsense=1", "unknown config key 'nonsense'"),
+    ("fuse.horizon_days=soon", "fuse.horizon_days: expected an integer, got 'soon'"),
+    ("fuse.horizon_days=-5", "fuse.horizon_days: must be positive"),
+    ("fuse.label_mode=magic", "fuse.label_mode: 'magic' is not one of window, given"),
+    ("fuse.cutoff=yesterday", "fuse.cutoff: 'yesterday' is not an ISO date"),
+    ("train.transformer.use_gpu=maybe", "train.transformer.use_gpu: expected true or false"),
+    ("fuse.valid_fraction=0.9", "must each lie in (0, 1) and sum to less than 1"),
+    ("noequals", "is not of the form key.path=value"),
+])
+def test_bad_config_is_rejected_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("local", [override])
+    assert message in str(err.value)
+
+
+def test_unknown_env_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="unknown env 'staging'.*cluster, databricks, local"):
+        load_config("staging")
+
+
+def test_unknown_preset_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="unknown source preset 'nope'; available presets: .*taobao_userbehavior"):
+        load_preset("nope")
+
+
+def test_every_shipped_env_and_preset_validates():
+    for env in ("local", "cluster", "databricks"):
+        assert load_config(env).env == env
+    for name in ("online_retail_ii_sample", "online_retail_ii", "taobao_userbehavior", "rees46_multicategory", "flat_labelled"):
+        assert load_preset(name).name == name

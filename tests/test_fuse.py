@@ -1,0 +1,108 @@
+"""Fusing: point-in-time features and labels, most-recent-first truncation, stable user splits."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from ecominsight import schema
+from ecominsight.transforms import fuse
+
+CUTOFF = dt.date(2020, 3, 1)
+
+
+def events_frame(spark, rows):
+    """rows: (user_id, ts, event_type, item_id, price, quantity, query, session_id)"""
+    full = [(*row, "unit", row[1].date()) for row in rows]
+    return spark.createDataFrame(full, "user_id string, ts timestamp, event_type string, item_id string, price double, "
+                                       "quantity double, query string, session_id string, source string, dt date")\
+        .withColumn("category", F.lit(None).cast("string")).withColumn("brand", F.lit(None).cast("string"))\
+        .select(*schema.EVENTS.fieldNames())
+
+
+@pytest.fixture()
+def tables(spark):
+    events = events_frame(spark, [
+        ("a", dt.datetime(2020, 1, 1, 9), "view", "i1", None, None, None, None),
+        ("a", dt.datetime(2020, 1, 1, 10), "purchase", "i1", 10.0, 2.0, None, "o1"),
+        ("a", dt.datetime(2020, 2, 20, 10), "purchase", "i2", 5.0, 1.0, None, "o2"),
+        ("a", dt.datetime(2020, 3, 1, 0), "purchase", "i2", 5.0, 1.0, None, "o3"),   # at the cutoff: label only
+        ("b", dt.datetime(2020, 2, 1), "search", None, None, None, "笔记本电脑", None),
+        ("b", dt.datetime(2020, 2, 29, 23, 59), "cart", "i1", 10.0, 1.0, None, None),
+        ("c", dt.datetime(2020, 2, 10), "purchase", "i1", 10.0, 1.0, None, "o4"),
+        ("c", dt.datetime(2020, 6, 1), "purchase", "i1", 10.0, 1.0, None, "o5"),     # after the horizon
+        ("d", dt.datetime(2020, 3, 5), "purchase", "i1", 10.0, 1.0, None, "o6"),     # new user after cutoff
+    ])
+    users = spark.createDataFrame([("a", 30, "F", "Leeds", None), ("b", None, "U", None, None)], schema.USERS)
+    items = spark.createDataFrame([("i1", "Red Mug", None, None, 10.0, None), ("i2", "Blue Pot", None, None, 5.0, None)],
+                                  schema.ITEMS)
+    return events, users, items
+
+
+def test_features_use_only_events_strictly_before_as_of(tables):
+    events, _, _ = tables
+    got = {r["user_id"]: r for r in fuse.user_numeric_features(events, as_of=CUTOFF).collect()}
+    assert set(got) == {"a", "b", "c"}  # d has nothing before the cutoff
+    a = got["a"]
+    assert (a["n_events"], a["n_purchase"], a["n_view"], a["n_baskets"]) == (3.0, 2.0, 1.0, 2.0)
+    assert a["spend"] == pytest.approx(25.0)
+    assert a["recency_days"] == pytest.approx(9 + 14 / 24)  # 2020-02-20 10:00 -> 2020-03-01 00:00
+    assert a["mean_basket_gap_days"] == pytest.approx(50.0)  # two baskets, 50 days apart
+    b = got["b"]
+    assert (b["n_search"], b["n_cart"], b["n_purchase"]) == (1.0, 1.0, 0.0)
+    assert b["purchase_recency_days"] == fuse.NEVER_PURCHASED_DAYS
+
+
+def test_label_counts_purchases_in_the_horizon_only(tables):
+    events, _, _ = tables
+    labels = fuse.point_in_time_labels(events, cutoff=CUTOFF, horizon_days=30)
+    assertDataFrameEqual(labels, labels.sparkSession.createDataFrame([("a", 1), ("d", 1)], "user_id string, label int"))
+
+
+def test_fused_rows_join_text_features_and_labels(tables):
+    events, users, items = tables
+    labels = fuse.point_in_time_labels(events, cutoff=CUTOFF, horizon_days=30)
+    fused = fuse.fuse_user_sequences(events, users, items, as_of=CUTOFF, max_events=10, population="any_event",
+                                     labels=labels)
+    rows = {r["user_id"]: r for r in fused.collect()}
+    assert set(rows) == {"a", "b", "c"}  # d has no history before the cutoff and is not in users
+    assert {u: r["label"] for u, r in rows.items()} == {"a": 1, "b": 0, "c": 0}
+    assert rows["a"]["text"] == ("age 30 | gender F | region Leeds [SEP] 01-01 view Red Mug ; "
+                                 "01-01 purchase Red Mug x2 10.00 ; 02-20 purchase Blue Pot 5.00")
+    assert rows["b"]["text"] == "02-01 search 笔记本电脑 ; 02-29 cart Red Mug 10.00"
+    assert all(r["as_of"] == CUTOFF for r in rows.values())
+
+    purchasers = fuse.fuse_user_sequences(events, users, items, as_of=CUTOFF, max_events=10, population="purchasers",
+                                          labels=labels)
+    assert sorted(r["user_id"] for r in purchasers.collect()) == ["a", "c"]
+
+
+def test_text_keeps_the_most_recent_events_in_time_order(tables):
+    events, users, items = tables
+    text = fuse.user_behaviour_text(events, items, as_of=None, max_events=2)
+    a = text.filter("user_id = 'a'").first()
+    assert a["behaviour"] == "02-20 purchase Blue Pot 5.00 ; 03-01 purchase Blue Pot 5.00"
+    assert a["n_events_in_text"] == 2
+
+
+def test_scoring_table_has_everyone_and_no_label(tables):
+    events, users, items = tables
+    current = fuse.fuse_user_sequences(events, users, items, as_of=dt.date(2020, 7, 1), max_events=5, labels=None)
+    assert sorted(r["user_id"] for r in current.collect()) == ["a", "b", "c", "d"]
+    assert current.filter(F.col("label").isNotNull()).count() == 0
+
+
+def test_split_is_stable_deterministic_and_near_the_fractions(spark):
+    users = spark.range(20_000).select(F.col("id").cast("string").alias("user_id"))
+    first = fuse.assign_split(users, seed=17, valid_fraction=0.15, test_fraction=0.15)
+    again = fuse.assign_split(users.orderBy(F.rand(3)).repartition(7), seed=17, valid_fraction=0.15, test_fraction=0.15)
+    assertDataFrameEqual(first, again)
+    shares = {r["split"]: r["count"] / 20_000 for r in first.groupBy("split").count().collect()}
+    assert shares["train"] == pytest.approx(0.70, abs=0.02)
+    assert shares["valid"] == pytest.approx(0.15, abs=0.01) and shares["test"] == pytest.approx(0.15, abs=0.01)
+    other_seed = fuse.assign_split(users, seed=18, valid_fraction=0.15, test_fraction=0.15)
+    moved = first.join(other_seed.withColumnRenamed("split", "s2"), "user_id").filter("split != s2").count()
+    assert moved > 5_000  # the seed really reshuffles users
