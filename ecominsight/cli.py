@@ -15,6 +15,7 @@ import sys
 
 from ecominsight.config import ConfigError, config_to_dict, load_config
 from ecominsight.io import Lake, LakeError
+from ecominsight.presets import load_preset
 from ecominsight.stages import STAGES, AccountingError, run_stage
 
 log = logging.getLogger("ecominsight")
@@ -38,15 +39,21 @@ def main(stage: str | None = None, argv: list[str] | None = None) -> int:
     stage = stage or args.stage
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ecominsight.models.transformer import ModelPathError, resolve_pretrained
+
     try:
         config = load_config(args.env, args.overrides, args.conf_dir)
-    except ConfigError as err:
+        # Cheap checks of what later stages need, so that a typo fails before any Spark work.
+        if stage in ("clean", "pipeline"):
+            load_preset(config.source.preset)
+        if stage in ("train", "pipeline"):
+            resolve_pretrained(config.train.transformer.pretrained)
+    except (ConfigError, ModelPathError) as err:
         log.error("configuration error: %s", err)
         return 2
     run_id = config.run_id or f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
     log.info("run %s, stage %s, resolved config:\n%s", run_id, stage, json.dumps(config_to_dict(config), indent=2))
 
-    from ecominsight.models.transformer import ModelPathError
     from ecominsight.session import get_spark
 
     lake = Lake(config.lake_path)

@@ -1,0 +1,63 @@
+"""Bad input gets a clear error and a nonzero exit, never a bare traceback; submit.sh runs a stage."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ecominsight.cli import main
+from tests.conftest import REPO
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ecominsight", *args], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["clean", "--set", "fuse.horizon_dayz=3"], "unknown config key 'fuse.horizon_dayz'"),
+    (["clean", "--set", "source.preset=nope"], "unknown source preset 'nope'; available presets:"),
+    (["train", "--set", "train.transformer.pretrained=/no/such/model"],
+     "pretrained model path '/no/such/model' does not exist. Set train.transformer.pretrained to 'minilm'"),
+    (["clean", "--env", "staging"], "unknown env 'staging'"),
+])
+def test_configuration_errors_exit_2_before_spark_starts(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "SparkSession" not in result.stderr  # rejected before any Spark work
+
+
+def test_missing_input_path_is_named(spark, tmp_path, caplog):
+    caplog.set_level(logging.ERROR)
+    code = main("clean", ["--set", f"lake={tmp_path}", "--set", "source.paths=[/no/such/events.parquet]"])
+    assert code == 2
+    assert "input path /no/such/events.parquet of source preset 'online_retail_ii_sample' does not exist" in caplog.text
+
+
+def test_missing_upstream_table_names_the_stage_to_run(spark, tmp_path, caplog):
+    caplog.set_level(logging.ERROR)
+    assert main("fuse", ["--set", f"lake={tmp_path}"]) == 2
+    assert f"lake table clean/events is missing at {tmp_path}/clean/events; run the 'clean' stage first" in caplog.text
+    assert main("score", ["--set", f"lake={tmp_path}"]) == 2
+    assert "no trained 'transformer' model" in caplog.text
+
+
+def test_submit_sh_runs_a_stage_through_spark_submit(tmp_path):
+    result = subprocess.run([str(REPO / "submit.sh"), "clean", "--set", f"lake={tmp_path}", "--set", "run_id=submit-test"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ecominsight run submit-test finished" in result.stdout
+    assert (tmp_path / "clean" / "events").is_dir() and (tmp_path / "reports" / "submit-test" / "clean.json").is_file()
+    # spark-submit's PythonRunner merges the driver's stderr into its stdout.
+    assert "started SparkSession ecominsight on local[*]" in result.stdout  # submit.sh's default master
+
+
+def test_submit_sh_rejects_a_missing_stage():
+    result = subprocess.run([str(REPO / "submit.sh")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "name a stage" in result.stderr

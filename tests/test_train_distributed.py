@@ -1,0 +1,84 @@
+"""TorchDistributor training with 2 CPU processes (gloo) on the flat labelled table with Chinese queries."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+from safetensors import safe_open
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from ecominsight.config import load_config
+from ecominsight.io import Lake, read_json
+from ecominsight.models.transformer import ModelPathError, resolve_pretrained
+from ecominsight.stages import run_stage
+
+
+@pytest.fixture(scope="module")
+def flat_run(spark, tiny_encoder, tmp_path_factory):
+    lake_root = tmp_path_factory.mktemp("flat_lake")
+    config = load_config("local", [
+        f"lake={lake_root}", "source.preset=flat_labelled", "fuse.label_mode=given", "fuse.population=any_event",
+        f"train.transformer.pretrained={tiny_encoder}", "train.transformer.epochs=2", "train.transformer.num_processes=2",
+        "train.transformer.max_length=64", "train.transformer.batch_size=8",
+    ])
+    lake = Lake(config.lake_path)
+    summary = run_stage("pipeline", spark, config, lake, "flat")
+    return spark, lake, summary, tiny_encoder
+
+
+def test_two_gloo_processes_train_and_rank0_writes_the_model(flat_run):
+    _, _, summary, tiny_encoder = flat_run
+    model_dir = Path(summary["train"]["model_dirs"]["transformer"])
+    metrics = read_json(model_dir / "metrics.json")
+    assert metrics["world_size"] == 2
+    assert len(metrics["history"]) == 2 and all(math.isfinite(h["train_loss"]) for h in metrics["history"])
+    assert metrics["best_epoch"] in (1, 2)
+    for split in ("valid", "test"):
+        assert 0.0 <= metrics[split]["roc_auc"] <= 1.0 and 0.0 <= metrics[split]["f1"] <= 1.0
+    # Training really moved the weights away from the pretrained starting point.
+    with safe_open(str(Path(tiny_encoder) / "model.safetensors"), "pt") as before, \
+         safe_open(str(model_dir / "model.safetensors"), "pt") as after:
+        key = "classifier.weight"
+        assert not before.get_tensor(key).equal(after.get_tensor(key))
+
+
+def test_chinese_queries_reach_the_model_as_real_tokens(flat_run):
+    spark, lake, summary, tiny_encoder = flat_run
+    model_dir = summary["train"]["model_dirs"]["transformer"]
+    base = AutoTokenizer.from_pretrained(tiny_encoder)
+    assert base.unk_token_id in base("笔记本电脑")["input_ids"]  # the English vocabulary alone loses it
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer("笔记本电脑")["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    assert [t.strip() for t in tokenizer.convert_ids_to_tokens(ids)[1:-1]] == list("笔记本电脑")
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer) > base.vocab_size
+    # Every Chinese training text survives tokenisation without [UNK].
+    texts = [r["text"] for r in lake.read(spark, "features", "user_sequences", written_by="fuse")
+             .filter(F.col("split") == "train").select("text").collect()]
+    chinese = [t for t in texts if any("\u4e00" <= c <= "\u9fff" for c in t)]
+    assert len(chinese) > 50
+    unknown = sum(tokenizer(t)["input_ids"].count(tokenizer.unk_token_id) for t in chinese)
+    assert unknown == 0
+
+
+def test_given_labels_and_scores_cover_the_flat_table(flat_run):
+    spark, lake, summary, _ = flat_run
+    labels = lake.read(spark, "clean", "labels", written_by="clean")
+    training = lake.read(spark, "features", "user_sequences", written_by="fuse")
+    assert training.count() == labels.count()
+    joined = training.join(labels.withColumnRenamed("label", "given"), "user_id")
+    assert joined.filter(F.col("label") != F.col("given")).count() == 0
+    assert summary["score"]["users_scored"] == lake.read(spark, "features", "current_sequences", written_by="fuse").count()
+
+
+def test_missing_or_pickled_model_paths_are_refused_with_advice(tmp_path):
+    with pytest.raises(ModelPathError, match="does not exist.*'minilm'.*local directory"):
+        resolve_pretrained(str(tmp_path / "nowhere"))
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not really")
+    with pytest.raises(ModelPathError, match="pickle-based pytorch_model.bin.*never loaded"):
+        resolve_pretrained(str(tmp_path))
