@@ -91,6 +91,8 @@ def test_scores_cover_every_user_once_and_are_readable_by_duckdb(pipeline_run):
     assert 0.0 <= lo <= hi <= 1.0 and versions == 1 and baselines == n
     assert str(day) == summary["score"]["score_date"] == "2011-12-10"
     assert spark.read.parquet(scores_path).filter(F.col("model_version") == summary["train"]["version"]).count() == n
+    via_sql = spark.sql(f"SELECT count(DISTINCT user_id) AS users FROM parquet.`{scores_path}`").first()["users"]
+    assert via_sql == n
 
 
 def test_rescoring_a_day_replaces_only_that_day(pipeline_run):
