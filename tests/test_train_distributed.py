@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
 from safetensors import safe_open
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
 from ecominsight.config import load_config
 from ecominsight.io import Lake, read_json
+from ecominsight.models.classifier import load_classifier
 from ecominsight.models.transformer import ModelPathError, resolve_pretrained
 from ecominsight.stages import run_stage
+from ecominsight.transforms.fuse import NUMERIC_FEATURES
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +41,12 @@ def test_two_gloo_processes_train_and_rank0_writes_the_model(flat_run):
     assert metrics["best_epoch"] in (1, 2)
     for split in ("valid", "test"):
         assert 0.0 <= metrics[split]["roc_auc"] <= 1.0 and 0.0 <= metrics[split]["f1"] <= 1.0
-    # Training really moved the weights away from the pretrained starting point.
+    # Training really moved the encoder away from the pretrained starting point.
     with safe_open(str(Path(tiny_encoder) / "model.safetensors"), "pt") as before, \
          safe_open(str(model_dir / "model.safetensors"), "pt") as after:
-        key = "classifier.weight"
-        assert not before.get_tensor(key).equal(after.get_tensor(key))
+        key = "encoder.layer.0.attention.self.query.weight"
+        assert not before.get_tensor(f"bert.{key}").equal(after.get_tensor(key))
+    assert (model_dir / "head.safetensors").is_file() and (model_dir / "classifier.json").is_file()
 
 
 def test_chinese_queries_reach_the_model_as_real_tokens(flat_run):
@@ -54,8 +58,9 @@ def test_chinese_queries_reach_the_model_as_real_tokens(flat_run):
     ids = tokenizer("笔记本电脑")["input_ids"]
     assert tokenizer.unk_token_id not in ids
     assert [t.strip() for t in tokenizer.convert_ids_to_tokens(ids)[1:-1]] == list("笔记本电脑")
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
-    assert model.get_input_embeddings().num_embeddings == len(tokenizer) > base.vocab_size
+    model, _, scaler, _ = load_classifier(model_dir)
+    assert model.encoder.get_input_embeddings().num_embeddings == len(tokenizer) > base.vocab_size
+    assert scaler.names == list(NUMERIC_FEATURES)
     # Every Chinese training text survives tokenisation without [UNK].
     texts = [r["text"] for r in lake.read(spark, "features", "user_sequences", written_by="fuse")
              .filter(F.col("split") == "train").select("text").collect()]
@@ -82,3 +87,24 @@ def test_missing_or_pickled_model_paths_are_refused_with_advice(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not really")
     with pytest.raises(ModelPathError, match="pickle-based pytorch_model.bin.*never loaded"):
         resolve_pretrained(str(tmp_path))
+
+
+def test_rerun_resumes_from_the_last_checkpoint_with_the_same_result(flat_run):
+    spark, lake, summary, tiny_encoder = flat_run
+    first = read_json(Path(summary["train"]["model_dirs"]["transformer"]) / "metrics.json")
+    (checkpoint_dir,) = list((lake.root / "checkpoints" / "transformer").iterdir())
+    assert sorted(p.name for p in checkpoint_dir.iterdir()) == ["epoch-1", "epoch-2"]
+    # Pretend the run died during epoch 2: its checkpoint never completed.
+    shutil.rmtree(checkpoint_dir / "epoch-2")
+    config = load_config("local", [
+        f"lake={lake.root}", "source.preset=flat_labelled", "fuse.label_mode=given", "fuse.population=any_event",
+        f"train.transformer.pretrained={tiny_encoder}", "train.transformer.epochs=2", "train.transformer.num_processes=2",
+        "train.transformer.max_length=64", "train.transformer.batch_size=8",
+    ])
+    again = run_stage("train", spark, config, lake, "flat-resumed")["train"]["transformer"]
+    # Epoch 1 came from the checkpoint (its recorded wall time is carried over, not re-measured) ...
+    assert again["history"][0] == first["history"][0]
+    # ... and epoch 2, retrained from it, lands where the uninterrupted run did.
+    assert again["history"][1]["train_loss"] == pytest.approx(first["history"][1]["train_loss"], abs=1e-6)
+    assert again["test"]["roc_auc"] == pytest.approx(first["test"]["roc_auc"], abs=1e-6)
+    assert again["valid"]["roc_auc"] == pytest.approx(first["valid"]["roc_auc"], abs=1e-6)

@@ -1,18 +1,26 @@
-"""Binary-classification metrics, computed the same way for every model."""
+"""Binary-classification metrics, computed the same way for every model.
+
+Threshold-dependent metrics (accuracy, F1) use a threshold chosen on validation only. ROC-AUC and
+average precision carry percentile-bootstrap 95% intervals (resampling users of the split).
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
+    brier_score_loss,
     f1_score,
     precision_recall_curve,
     roc_auc_score,
 )
+
+BOOTSTRAP_RESAMPLES = 500
+CALIBRATION_BINS = 10
 
 
 def best_f1_threshold(labels: Sequence[int], probabilities: Sequence[float]) -> float:
@@ -28,15 +36,63 @@ def best_f1_threshold(labels: Sequence[int], probabilities: Sequence[float]) -> 
     return float(thresholds[int(np.argmax(f1))])
 
 
-def binary_metrics(labels: Sequence[int], probabilities: Sequence[float], *, threshold: float) -> dict[str, float | int | None]:
-    """Accuracy and F1 at `threshold`, ROC-AUC and average precision (None where undefined)."""
+def bootstrap_interval(labels: np.ndarray, probabilities: np.ndarray, metric, *, resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = 0) -> list[float] | None:
+    """Percentile 95% interval of `metric(labels, probabilities)` over user resamples."""
+    if labels.size == 0 or labels.min() == labels.max():
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        chosen = rng.integers(0, labels.size, labels.size)
+        y = labels[chosen]
+        if y.min() != y.max():
+            values.append(metric(y, probabilities[chosen]))
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def reliability_curve(labels: np.ndarray, probabilities: np.ndarray, *, bins: int = CALIBRATION_BINS) -> list[dict]:
+    """Equal-width probability bins: mean predicted probability vs observed positive rate."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(probabilities, edges[1:-1]), 0, bins - 1)
+    curve = []
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            curve.append({"bin": [float(edges[b]), float(edges[b + 1])], "n": int(members.sum()),
+                          "mean_predicted": float(probabilities[members].mean()),
+                          "observed_rate": float(labels[members].mean())})
+    return curve
+
+
+def decile_lift(labels: np.ndarray, probabilities: np.ndarray) -> list[dict]:
+    """Users ranked by probability, cut into 10 deciles (1 = highest): positive rate and lift."""
+    if labels.size < 10 or labels.sum() == 0:
+        return []
+    order = np.argsort(-probabilities, kind="stable")
+    overall = labels.mean()
+    result, captured = [], 0
+    for decile, members in enumerate(np.array_split(order, 10), start=1):
+        rate = labels[members].mean()
+        captured += labels[members].sum()
+        result.append({"decile": decile, "n": int(members.size), "positive_rate": float(rate),
+                       "lift": float(rate / overall), "cumulative_gain": float(captured / labels.sum())})
+    return result
+
+
+def binary_metrics(labels: Sequence[int], probabilities: Sequence[float], *, threshold: float,
+                   detailed: bool = False) -> dict[str, Any]:
+    """Accuracy and F1 at `threshold`, ROC-AUC and average precision (None where undefined).
+
+    `detailed` adds bootstrap intervals, Brier score, the reliability curve and decile lift."""
     y = np.asarray(labels, dtype=int)
     p = np.asarray(probabilities, dtype=float)
     both_classes = y.size > 0 and y.min() != y.max()
     predicted = p >= threshold
-    result: dict[str, float | int | None] = {
+    result: dict[str, Any] = {
         "n": int(y.size),
         "positive_rate": float(y.mean()) if y.size else None,
+        "all_negative_accuracy": float(1 - y.mean()) if y.size else None,
         "threshold": float(threshold),
         "accuracy": float(accuracy_score(y, predicted)) if y.size else None,
         "f1": float(f1_score(y, predicted, zero_division=0)) if y.size else None,
@@ -46,10 +102,19 @@ def binary_metrics(labels: Sequence[int], probabilities: Sequence[float], *, thr
     for key, value in result.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"metric {key} is not finite: {value}")
+    if detailed and y.size:
+        result.update({
+            "roc_auc_ci": bootstrap_interval(y, p, roc_auc_score),
+            "avg_precision_ci": bootstrap_interval(y, p, average_precision_score, seed=1),
+            "brier": float(brier_score_loss(y, p)),
+            "reliability": reliability_curve(y, p),
+            "decile_lift": decile_lift(y, p),
+        })
     return result
 
 
 def evaluate_splits(valid: tuple[Sequence[int], Sequence[float]], test: tuple[Sequence[int], Sequence[float]]) -> dict:
     """Valid and test metrics with the F1-optimal threshold chosen on valid only."""
     threshold = best_f1_threshold(*valid)
-    return {"valid": binary_metrics(*valid, threshold=threshold), "test": binary_metrics(*test, threshold=threshold)}
+    return {"valid": binary_metrics(*valid, threshold=threshold, detailed=True),
+            "test": binary_metrics(*test, threshold=threshold, detailed=True)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -25,6 +26,11 @@ def data_fingerprint(df: DataFrame) -> str:
     """A content hash of a table, order-independent, computed where the data lives."""
     row = df.select(F.count(F.lit(1)).alias("n"), F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)")).alias("h")).first()
     return hashlib.sha256(f"{row['n']}:{row['h']}".encode()).hexdigest()
+
+
+def stable_hash(payload: object) -> str:
+    """sha256 of a JSON-serialisable value, independent of key order."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def code_version() -> str:

@@ -1,15 +1,21 @@
-"""Score users with the fine-tuned transformer inside Spark, through `predict_batch_udf`."""
+"""Score users with the fine-tuned classifier inside Spark, through `predict_batch_udf`."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from pyspark.ml.functions import predict_batch_udf
 from pyspark.sql import Column
+from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType
 
+from ecominsight.models.classifier import META_FILE
 
-def transformer_probability_udf(model_dir: str, *, max_length: int, batch_size: int, torch_threads: int = 1):
-    """A pandas UDF: text column -> positive-class probability. The model and tokenizer are loaded
-    once per Python worker (predict_batch_udf caches what `make_predict_fn` returns)."""
+
+def transformer_probability_udf(model_dir: str, *, n_numeric: int, batch_size: int, torch_threads: int = 1):
+    """A pandas UDF: (text, numeric feature array) -> positive-class probability. The model is
+    loaded once per Python worker (predict_batch_udf caches what `make_predict_fn` returns)."""
 
     def make_predict_fn():
         import os
@@ -17,27 +23,33 @@ def transformer_probability_udf(model_dir: str, *, max_length: int, batch_size: 
         os.environ["HF_HUB_OFFLINE"] = "1"
         import numpy as np
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from ecominsight.models.classifier import load_classifier
 
         # One thread per Python worker: Spark already runs one worker per core.
         torch.set_num_threads(torch_threads)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
+        model, tokenizer, scaler, max_length = load_classifier(model_dir)
 
-        def predict(texts: np.ndarray) -> np.ndarray:
+        def predict(texts: np.ndarray, numeric: np.ndarray) -> np.ndarray:
             encoded = tokenizer([str(t) for t in texts], truncation=True, max_length=max_length,
                                 padding=True, return_tensors="pt")
+            values = numeric.reshape(len(texts), -1)[:, : len(scaler.names)]
+            features = torch.as_tensor(scaler.transform(values))
             with torch.inference_mode():
-                logits = model(**encoded).logits
+                logits = model(**encoded, numeric=features)
             return torch.softmax(logits, dim=-1)[:, 1].double().numpy()
 
         return predict
 
-    return predict_batch_udf(make_predict_fn, return_type=DoubleType(), batch_size=batch_size)
+    return predict_batch_udf(make_predict_fn, return_type=DoubleType(), batch_size=batch_size,
+                             input_tensor_shapes=[None, [n_numeric]])
 
 
-def transformer_probability(text: Column, model_dir: str, *, max_length: int, batch_size: int,
-                            torch_threads: int = 1) -> Column:
-    """Column expression: the transformer's purchase probability for each row's text."""
-    return transformer_probability_udf(model_dir, max_length=max_length, batch_size=batch_size,
-                                       torch_threads=torch_threads)(text)
+def transformer_probability(text: Column, model_dir: str, *, batch_size: int, torch_threads: int = 1) -> Column:
+    """Column expression: the classifier's purchase probability from the text column and the
+    numeric feature columns the model was trained with (named in its classifier.json)."""
+    names = json.loads((Path(model_dir) / META_FILE).read_text())["numeric"]["names"]
+    # A model without numeric features still takes a (one-wide, ignored) array: the UDF's shape is fixed.
+    numeric = F.array(*[F.col(name).cast("double") for name in names]) if names else F.array(F.lit(0.0))
+    return transformer_probability_udf(model_dir, n_numeric=max(len(names), 1), batch_size=batch_size,
+                                       torch_threads=torch_threads)(text, numeric)

@@ -65,31 +65,77 @@ def load_tokenizer(pretrained_path: str, *, extra_tokens: list[str]):
     return tokenizer
 
 
-def _read_split(data_path: str, split: str):
+def _read_split(data_path: str, split: str, numeric_columns: list[str]) -> dict[str, Any]:
     import pyarrow.dataset as ds
 
     table = ds.dataset(data_path, format="parquet").to_table(
-        columns=["user_id", "text", "label"], filter=ds.field("split") == split
+        columns=["user_id", "text", "label", *numeric_columns], filter=ds.field("split") == split
     )
     frame = table.to_pandas().sort_values("user_id", kind="stable").reset_index(drop=True)
-    return frame["text"].tolist(), frame["label"].astype(int).to_numpy()
+    return {"text": frame["text"].tolist(), "label": frame["label"].astype(int).to_numpy(),
+            "numeric": frame[numeric_columns].to_numpy(dtype="float64")}
+
+
+class _Checkpoints:
+    """Per-epoch training state on the lake: weights as safetensors, optimizer/scheduler through
+    `torch.load(weights_only=True)` (no arbitrary unpickling), progress as JSON. An epoch counts
+    only once its `state.json` is written, last."""
+
+    def __init__(self, directory: str | None):
+        self.directory = Path(directory) if directory else None
+
+    def latest_epoch(self) -> int:
+        if self.directory is None or not self.directory.is_dir():
+            return 0
+        done = [int(p.parent.name.split("-")[1]) for p in self.directory.glob("epoch-*/state.json")]
+        return max(done, default=0)
+
+    def save(self, epoch: int, model, optimizer, scheduler, best_state: dict, progress: dict) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        from ecominsight.io import write_json
+
+        target = self.directory / f"epoch-{epoch}"
+        target.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(target / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in best_state.items()}, str(target / "best.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, target / "optimizer.pt")
+        write_json(target / "state.json", progress)
+
+    def load(self, epoch: int, model, optimizer, scheduler) -> tuple[dict, dict]:
+        import torch
+        from safetensors.torch import load_file
+
+        from ecominsight.io import read_json
+
+        source = self.directory / f"epoch-{epoch}"
+        model.load_state_dict(load_file(str(source / "model.safetensors")))
+        states = torch.load(source / "optimizer.pt", weights_only=True)
+        optimizer.load_state_dict(states["optimizer"])
+        scheduler.load_state_dict(states["scheduler"])
+        return load_file(str(source / "best.safetensors")), read_json(source / "state.json")
 
 
 def train_worker(spec: dict[str, Any]) -> None:
     """One rank of distributed fine-tuning. Reads train/valid/test from the fused Parquet table,
-    selects the epoch with the best validation ROC-AUC, and on rank 0 writes the model (safetensors),
-    tokenizer and `metrics.json` to spec["output_dir"]. Returns nothing: ranks do not race on a result."""
+    checkpoints every epoch (resuming from the last complete one), keeps the epoch with the best
+    validation ROC-AUC, and on rank 0 writes the model (safetensors), tokenizer and `metrics.json`
+    to spec["output_dir"]. Returns nothing: ranks do not race on a result."""
     import random
+    import time
 
     import numpy as np
     import torch
     import torch.distributed as dist
+    from sklearn.metrics import log_loss, roc_auc_score
     from torch.nn.parallel import DistributedDataParallel
     from tqdm import tqdm
-    from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+    from transformers import AutoModel, get_linear_schedule_with_warmup
     from transformers.utils import logging as hf_logging
 
     from ecominsight.io import write_json
+    from ecominsight.models.classifier import NumericScaler, TextAndNumbersClassifier, save_classifier
     from ecominsight.models.metrics import evaluate_splits
 
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -99,6 +145,8 @@ def train_worker(spec: dict[str, Any]) -> None:
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_gpu else "cpu")
     if use_gpu:
         torch.cuda.set_device(device)
+    # bf16 autocast where the hardware has it; CPUs without bf16 units are slower with it.
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_gpu and torch.cuda.is_bf16_supported())
     if rank != 0:
         hf_logging.set_verbosity_error()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
@@ -109,104 +157,130 @@ def train_worker(spec: dict[str, Any]) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
 
+    numeric_columns = list(spec["numeric_features"])
+    data = {split: _read_split(spec["data_path"], split, numeric_columns) for split in ("train", "valid", "test")}
+    if len(data["train"]["text"]) == 0:
+        raise ValueError(f"no training rows in {spec['data_path']}")
+    scaler = NumericScaler.fit(numeric_columns, data["train"]["numeric"])
+
     tokenizer = load_tokenizer(spec["pretrained_path"], extra_tokens=spec["extra_tokens"])
-    model = AutoModelForSequenceClassification.from_pretrained(spec["pretrained_path"], num_labels=2, use_safetensors=True)
+    encoder = AutoModel.from_pretrained(spec["pretrained_path"], use_safetensors=True)
     if spec["extra_tokens"]:
-        model.resize_token_embeddings(len(tokenizer))
-    model.to(device)
+        encoder.resize_token_embeddings(len(tokenizer))
+    model = TextAndNumbersClassifier(encoder, len(numeric_columns)).to(device)
     # DDP broadcasts rank 0's parameters, so the randomly initialised head and new embeddings agree.
     ddp = DistributedDataParallel(model, device_ids=[device.index] if use_gpu else None)
 
-    def encode(texts: list[str]) -> list[dict]:
-        encoded = tokenizer(texts, truncation=True, max_length=int(spec["max_length"]))
-        return [{k: encoded[k][i] for k in encoded} for i in range(len(texts))]
-
-    data = {split: _read_split(spec["data_path"], split) for split in ("train", "valid", "test")}
-    if len(data["train"][0]) == 0:
-        raise ValueError(f"no training rows in {spec['data_path']}")
-    features = {split: encode(texts) for split, (texts, _) in data.items()}
+    for split in data.values():
+        encoded = tokenizer(split["text"], truncation=True, max_length=int(spec["max_length"]))
+        split["encoded"] = [{k: encoded[k][i] for k in encoded} for i in range(len(split["text"]))]
+        split["scaled"] = scaler.transform(split["numeric"])
 
     def batches(indices: list[int], split: str):
         size = int(spec["batch_size"])
         for start in range(0, len(indices), size):
             chosen = indices[start:start + size]
-            batch = tokenizer.pad([features[split][i] for i in chosen], return_tensors="pt")
+            batch = tokenizer.pad([data[split]["encoded"][i] for i in chosen], return_tensors="pt")
             batch = {k: v.to(device) for k, v in batch.items()}
-            labels = torch.as_tensor(data[split][1][chosen], dtype=torch.long, device=device)
+            batch["numeric"] = torch.as_tensor(data[split]["scaled"][chosen], device=device)
+            labels = torch.as_tensor(data[split]["label"][chosen], dtype=torch.long, device=device)
             yield batch, labels
 
     def predict(split: str) -> np.ndarray:
         """Positive-class probabilities for a whole split: each rank scores a shard, all gather."""
         model.eval()
-        mine = list(range(rank, len(data[split][0]), world))
+        mine = list(range(rank, len(data[split]["text"]), world))
         probabilities: list[float] = []
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             for batch, _ in batches(mine, split):
-                probabilities += torch.softmax(model(**batch).logits, dim=-1)[:, 1].float().cpu().tolist()
+                probabilities += torch.softmax(model(**batch).float(), dim=-1)[:, 1].cpu().tolist()
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, (mine, probabilities))
-        result = np.zeros(len(data[split][0]))
+        result = np.zeros(len(data[split]["text"]))
         for indices, values in gathered:
             result[indices] = values
         return result
 
-    n_train = len(data["train"][0])
+    n_train = len(data["train"]["text"])
     per_rank = -(-n_train // world)
     steps_per_epoch = -(-per_rank // int(spec["batch_size"]))
     total_steps = steps_per_epoch * int(spec["epochs"])
     no_decay = ("bias", "LayerNorm.weight")
+    encoder_params = [(n, p) for n, p in model.named_parameters() if n.startswith("encoder.")]
     optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": float(spec["weight_decay"])},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+        {"params": [p for n, p in encoder_params if not n.endswith(no_decay)], "weight_decay": float(spec["weight_decay"])},
+        {"params": [p for n, p in encoder_params if n.endswith(no_decay)], "weight_decay": 0.0},
+        # The head starts from scratch: it gets a larger step than the pretrained encoder.
+        {"params": list(model.head.parameters()), "weight_decay": 0.0, "lr": float(spec["head_learning_rate"])},
     ], lr=float(spec["learning_rate"]))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * float(spec["warmup_ratio"])), total_steps)
-
-    from sklearn.metrics import log_loss, roc_auc_score
+    if spec.get("positive_class_weight"):
+        class_weights = torch.tensor([1.0, float(spec["positive_class_weight"])], device=device)
+    else:
+        class_weights = None
 
     def selection_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
         if labels.min() != labels.max():
             return float(roc_auc_score(labels, probabilities))
         return -float(log_loss(labels, probabilities, labels=[0, 1]))
 
-    best_score, best_epoch, best_state, history = -float("inf"), -1, None, []
-    for epoch in range(int(spec["epochs"])):
+    checkpoints = _Checkpoints(spec.get("checkpoint_dir"))
+    best_score, best_epoch, history = -float("inf"), -1, []
+    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    first_epoch = min(checkpoints.latest_epoch(), int(spec["epochs"]))
+    if first_epoch:
+        best_state, progress = checkpoints.load(first_epoch, model, optimizer, scheduler)
+        best_score, best_epoch, history = progress["best_score"], progress["best_epoch"], progress["history"]
+        if rank == 0:
+            log.info("resuming from the checkpoint of epoch %d in %s", first_epoch, checkpoints.directory)
+
+    for epoch in range(first_epoch, int(spec["epochs"])):
+        started = time.perf_counter()
         ddp.train()
+        # Seeded per epoch and rank, so that a resumed run draws what an uninterrupted one would.
+        torch.manual_seed(seed * 1000 + epoch * 10 + rank)
         order = np.random.default_rng(seed + epoch).permutation(n_train).tolist()
         # Every rank must take the same number of steps: wrap around to fill the last shard.
         order += order[: per_rank * world - n_train]
         mine = order[rank::world]
         losses = []
-        progress = tqdm(batches(mine, "train"), total=steps_per_epoch, disable=rank != 0, desc=f"epoch {epoch + 1}", leave=False)
-        for batch, labels in progress:
-            loss = torch.nn.functional.cross_entropy(ddp(**batch).logits, labels)
+        progress_bar = tqdm(batches(mine, "train"), total=steps_per_epoch, disable=rank != 0, desc=f"epoch {epoch + 1}",
+                            leave=False)
+        for batch, labels in progress_bar:
+            with autocast:
+                loss = torch.nn.functional.cross_entropy(ddp(**batch).float(), labels, weight=class_weights)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
             losses.append(loss.item())
-        valid_probabilities = predict("valid")
-        score = selection_score(data["valid"][1], valid_probabilities)
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "valid_selection_score": score})
-        if rank == 0:
-            log.info("epoch %d: train loss %.4f, valid selection score %.4f", epoch + 1, np.mean(losses), score)
+        score = selection_score(data["valid"]["label"], predict("valid"))
+        seconds = time.perf_counter() - started
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "valid_selection_score": score,
+                        "seconds": seconds})
         if score > best_score:
             best_score, best_epoch = score, epoch + 1
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if rank == 0:
+            log.info("epoch %d: train loss %.4f, valid ROC-AUC %.4f, %.1f s", epoch + 1, np.mean(losses), score, seconds)
+            if checkpoints.directory is not None:
+                checkpoints.save(epoch + 1, model, optimizer, scheduler, best_state,
+                                 {"best_score": best_score, "best_epoch": best_epoch, "history": history})
+        dist.barrier()
 
     model.load_state_dict(best_state)
     valid_probabilities, test_probabilities = predict("valid"), predict("test")
     if rank == 0:
         output = Path(spec["output_dir"])
-        output.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(output, safe_serialization=True)
-        tokenizer.save_pretrained(output)
-        metrics = evaluate_splits((data["valid"][1], valid_probabilities), (data["test"][1], test_probabilities))
+        save_classifier(model, tokenizer, scaler, output, max_length=int(spec["max_length"]))
+        metrics = evaluate_splits((data["valid"]["label"], valid_probabilities), (data["test"]["label"], test_probabilities))
         write_json(output / "metrics.json", {
             **metrics,
             "best_epoch": best_epoch,
             "history": history,
             "n_train": n_train,
+            "numeric_features": numeric_columns,
             "added_tokens": len(spec["extra_tokens"]),
             "world_size": world,
         })

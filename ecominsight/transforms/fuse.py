@@ -36,7 +36,8 @@ def events_before(events: DataFrame, *, as_of: dt.date) -> DataFrame:
 def user_numeric_features(events: DataFrame, *, as_of: dt.date) -> DataFrame:
     """Per user, behaviour counts, spend, recency and rhythm from events before `as_of`.
 
-    Input: canonical events. Output: user_id + NUMERIC_FEATURES (doubles, no nulls).
+    Input: canonical events. Output: user_id + NUMERIC_FEATURES (doubles, no nulls) + last_event_ts
+    (the newest event used, kept so that the fuse stage can prove no feature saw the future).
     """
     cutoff = _ts_literal(as_of)
     history = events_before(events, as_of=as_of)
@@ -60,6 +61,7 @@ def user_numeric_features(events: DataFrame, *, as_of: dt.date) -> DataFrame:
         F.countDistinct("category").alias("n_distinct_categories"),
         F.coalesce(F.sum(amount), F.lit(0.0)).alias("spend"),
         F.coalesce(F.sum(F.when(days_before < 365, amount)), F.lit(0.0)).alias("spend_365d"),
+        F.max("ts").alias("last_event_ts"),
         (F.unix_timestamp(cutoff) - F.unix_timestamp(F.max("ts"))).alias("_recency_s"),
         (F.unix_timestamp(cutoff) - F.unix_timestamp(F.max(F.when(is_purchase, F.col("ts"))))).alias("_purchase_recency_s"),
         (F.unix_timestamp(cutoff) - F.unix_timestamp(F.min("ts"))).alias("_tenure_s"),
@@ -76,7 +78,8 @@ def user_numeric_features(events: DataFrame, *, as_of: dt.date) -> DataFrame:
         # Mean gap between first and last basket; a single basket has no rhythm yet: use the tenure.
         F.when(F.col("n_baskets") > 1, F.col("_purchase_span_s") / day / (F.col("n_baskets") - 1))
         .otherwise(F.col("_tenure_s") / day).alias("mean_basket_gap_days"),
-    ).select("user_id", *NUMERIC_FEATURES)
+        "last_event_ts",
+    ).select("user_id", *NUMERIC_FEATURES, "last_event_ts")
 
 
 def event_phrase(events_with_items: DataFrame) -> Column:
@@ -174,5 +177,10 @@ def fuse_user_sequences(
     else:
         fused = fused.join(labels.select("user_id", F.col("label").cast("int")), "user_id", "left").fillna(0, subset=["label"])
     return fused.withColumn("as_of", F.lit(as_of).cast("date")).select(
-        "user_id", "text", *NUMERIC_FEATURES, "n_events_in_text", "label", "as_of"
+        "user_id", "text", *NUMERIC_FEATURES, "n_events_in_text", "last_event_ts", "label", "as_of"
     )
+
+
+def leaked_rows(fused: DataFrame) -> DataFrame:
+    """Rows whose features used an event at or after their `as_of` day: must always be empty."""
+    return fused.filter(F.col("last_event_ts") >= F.col("as_of").cast("timestamp"))

@@ -1,0 +1,87 @@
+"""The purchase classifier: a pretrained encoder over the user text, plus the numeric features.
+
+logits = W · [mean-pooled encoder output ; standardised log1p(numeric features)] + b
+
+The numeric part makes logistic regression a special case of the model, so fine-tuning starts
+from what the baseline already knows and the text has to add to it. Saved as the encoder in
+Hugging Face format (safetensors), `head.safetensors`, and `classifier.json` (feature names and
+the train-split scaling), next to the tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+HEAD_FILE = "head.safetensors"
+META_FILE = "classifier.json"
+
+
+class TextAndNumbersClassifier(nn.Module):
+    """Encoder + linear head over [pooled text ; numeric features] -> 2 logits."""
+
+    def __init__(self, encoder: nn.Module, n_numeric: int, dropout: float = 0.1):
+        super().__init__()
+        # The head pools the token states itself; an unused pooler would stall DDP's gradient sync.
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size + n_numeric, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, numeric: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+        # Mean pooling, as the sentence-transformers MiniLM was trained with.
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return self.head(torch.cat([self.dropout(pooled), numeric.to(hidden.dtype)], dim=-1))
+
+
+class NumericScaler:
+    """log1p then standardise with train-split statistics (the baseline's transform)."""
+
+    def __init__(self, names: Sequence[str], mean: Sequence[float], std: Sequence[float]):
+        self.names, self.mean, self.std = list(names), np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+
+    @classmethod
+    def fit(cls, names: Sequence[str], values: np.ndarray) -> "NumericScaler":
+        logged = np.log1p(np.clip(np.asarray(values, dtype=np.float64), 0, None)).reshape(len(values), len(names))
+        std = logged.std(axis=0) if len(names) else np.zeros(0)
+        return cls(names, logged.mean(axis=0) if len(names) else [], np.where(std > 0, std, 1.0))
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        logged = np.log1p(np.clip(np.asarray(values, dtype=np.float64), 0, None)).reshape(len(values), len(self.names))
+        return ((logged - self.mean) / self.std).astype(np.float32)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"names": self.names, "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+
+def save_classifier(model: TextAndNumbersClassifier, tokenizer: Any, scaler: NumericScaler, directory: Path,
+                    *, max_length: int) -> None:
+    """Write encoder (safetensors), head, tokenizer and scaling into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.encoder.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}, str(directory / HEAD_FILE))
+    (directory / META_FILE).write_text(json.dumps({"numeric": scaler.to_json(), "max_length": max_length}, indent=2))
+
+
+def load_classifier(directory: str | Path) -> tuple[TextAndNumbersClassifier, Any, NumericScaler, int]:
+    """Load what `save_classifier` wrote, safetensors only. Returns (model in eval mode, tokenizer, scaler, max_length)."""
+    directory = Path(directory)
+    meta = json.loads((directory / META_FILE).read_text())
+    scaler = NumericScaler(**meta["numeric"])
+    encoder = AutoModel.from_pretrained(directory, use_safetensors=True)
+    model = TextAndNumbersClassifier(encoder, len(scaler.names))
+    model.head.load_state_dict(load_file(str(directory / HEAD_FILE)))
+    return model.eval(), AutoTokenizer.from_pretrained(directory), scaler, int(meta["max_length"])
