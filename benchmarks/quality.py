@@ -59,16 +59,33 @@ def prepare_planted(name: str, *, users: int, seed: int) -> str:
     return str(preset)
 
 
+def markdown_table(results: dict) -> str:
+    """The results as the table BENCHMARKS.md shows: ROC-AUC [95% CI], AP, F1, positive rate, n."""
+    lines = ["| data set | n test | positive rate | model | ROC-AUC [95% CI] | avg precision | F1 | accuracy |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, models in results.items():
+        for model in MODELS:
+            m = models[model]
+            ci = m["roc_auc_ci"] or [float("nan")] * 2
+            lines.append(f"| {name} | {m['n']} | {m['positive_rate']:.3f} | {model} | {m['roc_auc']:.3f} "
+                         f"[{ci[0]:.3f}, {ci[1]:.3f}] | {m['avg_precision']:.3f} | {m['f1']:.3f} | {m['accuracy']:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--planted-users", type=int, default=800)
+    parser.add_argument("--render-only", action="store_true", help="print the markdown table of the saved results")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="extra config overrides for every data set (e.g. train.transformer.epochs=3)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if args.render_only:
+        print(markdown_table(results))
+        return
     spark, _ = get_spark("ecominsight-quality", "local[2]", {"spark.ui.showConsoleProgress": "false",
                                                              "spark.driver.memory": "6g"})
     for name in args.datasets:
@@ -87,6 +104,7 @@ def main() -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True))
         logging.info("%s: %s", name, {m: results[name][m]["roc_auc"] for m in MODELS})
+    print(markdown_table(results))
 
 
 if __name__ == "__main__":

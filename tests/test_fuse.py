@@ -106,3 +106,13 @@ def test_split_is_stable_deterministic_and_near_the_fractions(spark):
     other_seed = fuse.assign_split(users, seed=18, valid_fraction=0.15, test_fraction=0.15)
     moved = first.join(other_seed.withColumnRenamed("split", "s2"), "user_id").filter("split != s2").count()
     assert moved > 5_000  # the seed really reshuffles users
+
+
+def test_leak_check_flags_features_that_saw_the_cutoff(tables):
+    events, users, items = tables
+    fused = fuse.fuse_user_sequences(events, users, items, as_of=CUTOFF, max_events=10, population="any_event")
+    assert fuse.leaked_rows(fused).count() == 0
+    # Pretend the filter had let the cutoff's own event through: the check must see it.
+    tampered = fused.withColumn("last_event_ts", F.when(F.col("user_id") == "a", F.lit(dt.datetime(2020, 3, 1)))
+                                .otherwise(F.col("last_event_ts")))
+    assert [r["user_id"] for r in fuse.leaked_rows(tampered).collect()] == ["a"]

@@ -57,21 +57,26 @@ def test_training_table_obeys_label_and_split_invariants(pipeline_run):
     assert all(r["recency_days"] > 0 for r in rows)  # nothing at or after the cutoff leaked in
 
 
-def test_metrics_are_real_numbers_for_both_models(pipeline_run):
+def test_metrics_are_real_numbers_for_every_model(pipeline_run):
     _, _, lake, summary = pipeline_run
     train = summary["train"]
-    for model in ("lr", "transformer"):
+    for model in ("lr", "gbt", "transformer"):
         metrics = read_json(Path(train["model_dirs"][model]) / "metrics.json")
         for split in ("valid", "test"):
             for key in ("accuracy", "f1", "roc_auc", "avg_precision"):
                 value = metrics[split][key]
                 assert isinstance(value, float) and math.isfinite(value) and 0.0 <= value <= 1.0, (model, split, key)
+            low, high = metrics[split]["roc_auc_ci"]
+            assert low <= metrics[split]["roc_auc"] <= high
+            assert len(metrics[split]["decile_lift"]) == 10 and metrics[split]["decile_lift"][-1]["cumulative_gain"] == 1.0
+            assert 0.0 <= metrics[split]["brier"] <= 1.0
         lineage = read_json(Path(train["model_dirs"][model]) / "lineage.json")
         assert lineage["data_fingerprint"] and lineage["config"]["fuse"]["cutoff"] == "2011-09-10"
-    # The baseline must beat chance on this label (reference LR AUC on the complete data: 0.81).
-    assert train["lr"]["test"]["roc_auc"] > 0.65
+    # The baselines must beat chance on this label (reference LR AUC on the complete data: 0.81).
+    assert train["lr"]["test"]["roc_auc"] > 0.65 and train["gbt"]["test"]["roc_auc"] > 0.65
+    assert set(read_json(Path(train["model_dirs"]["gbt"]) / "metrics.json")["feature_importances"]) >= {"recency_days"}
     transformer_dir = Path(train["model_dirs"]["transformer"])
-    assert (transformer_dir / "model.safetensors").is_file()
+    assert (transformer_dir / "model.safetensors").is_file() and (transformer_dir / "head.safetensors").is_file()
     assert not list(transformer_dir.glob("*.bin")) and not list(transformer_dir.glob("*.pt"))
 
 

@@ -108,3 +108,16 @@ def test_rerun_resumes_from_the_last_checkpoint_with_the_same_result(flat_run):
     assert again["history"][1]["train_loss"] == pytest.approx(first["history"][1]["train_loss"], abs=1e-6)
     assert again["test"]["roc_auc"] == pytest.approx(first["test"]["roc_auc"], abs=1e-6)
     assert again["valid"]["roc_auc"] == pytest.approx(first["valid"]["roc_auc"], abs=1e-6)
+
+
+def test_barrier_mode_trains_on_the_executors(flat_run):
+    """local_mode=False: TorchDistributor runs the ranks as barrier tasks on Spark's executors."""
+    spark, lake, summary, tiny_encoder = flat_run
+    config = load_config("local", [
+        f"lake={lake.root}", "source.preset=flat_labelled", "fuse.label_mode=given", "fuse.population=any_event",
+        f"train.transformer.pretrained={tiny_encoder}", "train.transformer.epochs=1", "train.transformer.num_processes=2",
+        "train.transformer.local_mode=false", "train.transformer.checkpoint=false", "train.transformer.max_length=32",
+    ])
+    metrics = run_stage("train", spark, config, lake, "flat-barrier")["train"]["transformer"]
+    assert metrics["world_size"] == 2 and len(metrics["history"]) == 1
+    assert 0.0 <= metrics["test"]["roc_auc"] <= 1.0
