@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from pyspark.ml.functions import predict_batch_udf
-from pyspark.sql import Column
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType
 
@@ -53,3 +53,26 @@ def transformer_probability(text: Column, model_dir: str, *, batch_size: int, to
     numeric = F.array(*[F.col(name).cast("double") for name in names]) if names else F.array(F.lit(0.0))
     return transformer_probability_udf(model_dir, n_numeric=max(len(names), 1), batch_size=batch_size,
                                        torch_threads=torch_threads)(text, numeric)
+
+
+def with_score_decile(scored: DataFrame, *, cut_points: list[float]) -> DataFrame:
+    """Add `score_decile` (1 = the highest tenth of `probability`) from 9 ascending cut points,
+    computed once over the whole day so that every partition buckets the same way."""
+    above = sum((F.col("probability") > F.lit(c)).cast("int") for c in cut_points) if cut_points else F.lit(0)
+    return scored.withColumn("score_decile", (F.lit(10) - above).cast("int"))
+
+
+def users_to_rescore(current: DataFrame, previous: DataFrame, *, model_version: str) -> DataFrame:
+    """Rows of `current` that need a new score: new users, users with events newer than the ones
+    their previous score saw, and everyone whose previous score came from another model."""
+    seen = previous.select("user_id", F.col("last_event_ts").alias("_scored_ts"), F.col("model_version").alias("_scored_by"))
+    joined = current.join(seen, "user_id", "left")
+    stale = (F.col("_scored_ts").isNull() | (F.col("last_event_ts") > F.col("_scored_ts"))
+             | (F.col("_scored_by") != F.lit(model_version)))
+    return joined.filter(stale | F.col("last_event_ts").isNull()).drop("_scored_ts", "_scored_by")
+
+
+def carried_scores(current: DataFrame, previous: DataFrame, rescored_users: DataFrame) -> DataFrame:
+    """Previous score rows of current users who need no new score (their history has not moved)."""
+    keep = current.select("user_id").join(rescored_users.select("user_id"), "user_id", "left_anti")
+    return previous.join(keep, "user_id", "left_semi")
