@@ -105,6 +105,95 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class PropensityBand:
+    """Users whose propensity decile (1 = highest) lies in [min_decile, max_decile]."""
+
+    name: str
+    min_decile: int
+    max_decile: int
+
+
+@dataclass(frozen=True)
+class RFMClassRule:
+    """An RFM class; a user belongs to the first class whose every given condition holds.
+
+    Scores are quintiles 1..5 (5 = most recent, most baskets, most spend); users who never bought
+    have no scores, so only a rule with `has_purchased: false` and no score bound matches them."""
+
+    name: str
+    has_purchased: bool | None = None
+    min_recency_score: int | None = None
+    max_recency_score: int | None = None
+    min_frequency_score: int | None = None
+    max_frequency_score: int | None = None
+    min_monetary_score: int | None = None
+    max_monetary_score: int | None = None
+
+
+@dataclass(frozen=True)
+class ActionRule:
+    """A marketing action; a user gets the first rule whose every given condition holds."""
+
+    name: str
+    action: str
+    min_decile: int | None = None  # propensity decile >= this (1 = highest propensity)
+    max_decile: int | None = None
+    cart_abandoned: bool | None = None  # a cart event after the user's last purchase (or with none)
+    min_recency_days: float | None = None  # days since the last purchase
+    max_recency_days: float | None = None
+    min_frequency_score: int | None = None
+    max_frequency_score: int | None = None
+    min_monetary_score: int | None = None
+    max_monetary_score: int | None = None
+    rfm_classes: list[str] | None = None  # the user's RFM class is one of these
+
+
+@dataclass(frozen=True)
+class RecommendationsConfig:
+    top_k: int = 10
+    co_occurrence_within: str = "user"  # user: bought by the same user; basket: in the same basket
+    min_co_occurrence: int = 2  # a pair seen fewer times is noise and is dropped
+    max_items_per_group: int = 50  # most recent distinct items per user (or basket) that enter the pairs
+    neighbours_per_item: int = 50  # strongest co-occurring items kept per item
+
+
+def _default_propensity_bands() -> list[PropensityBand]:
+    return [PropensityBand("high", 1, 2), PropensityBand("medium", 3, 6), PropensityBand("low", 7, 10)]
+
+
+def _default_rfm_classes() -> list[RFMClassRule]:
+    return [
+        RFMClassRule("prospects", has_purchased=False),
+        RFMClassRule("champions", min_recency_score=4, min_frequency_score=4, min_monetary_score=4),
+        RFMClassRule("new", min_recency_score=4, max_frequency_score=1),
+        RFMClassRule("loyal", min_recency_score=3, min_frequency_score=3),
+        RFMClassRule("at_risk", max_recency_score=2, min_frequency_score=3),
+        RFMClassRule("dormant", max_recency_score=2),
+    ]
+
+
+def _default_actions() -> list[ActionRule]:
+    return [
+        ActionRule("abandoned_cart", "reminder", max_decile=2, cart_abandoned=True),
+        ActionRule("big_spender_unlikely_to_buy", "coupon", min_decile=7, min_monetary_score=4),
+        ActionRule("dormant_customer", "win_back", min_recency_days=180.0),
+    ]
+
+
+@dataclass(frozen=True)
+class InsightsConfig:
+    score_date: str | None = None  # ISO date of the scores to describe; None: the latest in scores/user_scores
+    top_k_interests: int = 3  # categories (or titles) and brands kept per user
+    price_bands: list[float] | None = None  # [low_max, mid_max] of the median purchase price; None: global terciles
+    propensity_bands: list[PropensityBand] = field(default_factory=_default_propensity_bands)
+    rfm_classes: list[RFMClassRule] = field(default_factory=_default_rfm_classes)
+    default_rfm_class: str = "other"
+    actions: list[ActionRule] = field(default_factory=_default_actions)
+    default_action: str = "none"
+    recommendations: RecommendationsConfig = field(default_factory=RecommendationsConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     env: str = "local"
     lake: str = "lake"
@@ -114,6 +203,7 @@ class Config:
     fuse: FuseConfig = field(default_factory=FuseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    insights: InsightsConfig = field(default_factory=InsightsConfig)
 
     @property
     def lake_path(self) -> Path:
@@ -124,6 +214,7 @@ class Config:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "fuse.label_mode": ("window", "given"),
     "fuse.population": ("purchasers", "any_event"),
+    "insights.recommendations.co_occurrence_within": ("user", "basket"),
 }
 _POSITIVE: tuple[str, ...] = (
     "fuse.horizon_days",
@@ -138,6 +229,11 @@ _POSITIVE: tuple[str, ...] = (
     "train.transformer.num_processes",
     "score.batch_size",
     "score.torch_threads",
+    "insights.top_k_interests",
+    "insights.recommendations.top_k",
+    "insights.recommendations.min_co_occurrence",
+    "insights.recommendations.max_items_per_group",
+    "insights.recommendations.neighbours_per_item",
 )
 
 
@@ -183,6 +279,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
     """Validate one leaf value against its annotation, with lenient int->float promotion."""
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
@@ -237,6 +335,11 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
             f"unknown config key {'.'.join(filter(None, [prefix, unknown[0]]))!r}; "
             f"allowed keys at {where}: {', '.join(sorted(known))}"
         )
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise ConfigError(f"{prefix or 'config'}: missing key {missing[0]!r}; required keys: {', '.join(required)}")
     kwargs = {}
     for name, value in values.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -262,7 +365,7 @@ def _validate_ranges(config: Config) -> None:
         raise ConfigError(
             "fuse.valid_fraction and fuse.test_fraction must each lie in (0, 1) and sum to less than 1"
         )
-    for key in ("fuse.cutoff", "score.score_date"):
+    for key in ("fuse.cutoff", "score.score_date", "insights.score_date"):
         value = _lookup(config, key)
         if value is not None:
             try:
@@ -273,6 +376,65 @@ def _validate_ranges(config: Config) -> None:
                 raise ConfigError(f"{key}: {value!r} is not an ISO date (YYYY-MM-DD)") from err
     if not 0 < config.train.transformer.learning_rate < 1:
         raise ConfigError("train.transformer.learning_rate: must lie in (0, 1)")
+    _validate_insights(config.insights)
+
+
+def _check_bounds(key: str, rule: Any, names: tuple[str, ...], low: int, high: int) -> None:
+    """Each given `min_<name>`/`max_<name>` of `rule` lies in [low, high], and min <= max."""
+    for name in names:
+        bounds = getattr(rule, f"min_{name}"), getattr(rule, f"max_{name}")
+        for side, value in zip(("min", "max"), bounds):
+            if value is not None and not low <= value <= high:
+                raise ConfigError(f"{key}.{side}_{name}: {value} is outside {low}..{high}")
+        if None not in bounds and bounds[0] > bounds[1]:
+            raise ConfigError(f"{key}: min_{name} {bounds[0]} is above max_{name} {bounds[1]}")
+
+
+def _check_unique_names(key: str, names: list[str]) -> None:
+    for i, name in enumerate(names):
+        if not name.strip():
+            raise ConfigError(f"{key}[{i}].name: must not be empty")
+        if name in names[:i]:
+            raise ConfigError(f"{key}[{i}].name: {name!r} is used twice")
+
+
+def _validate_insights(insights: InsightsConfig) -> None:
+    """Bands cover the ten deciles once; rules name known classes and have at least one condition."""
+    bands = insights.propensity_bands
+    _check_unique_names("insights.propensity_bands", [band.name for band in bands])
+    covered: list[int] = []
+    for i, band in enumerate(bands):
+        key = f"insights.propensity_bands[{i}]"
+        _check_bounds(key, band, ("decile",), 1, 10)
+        covered += range(band.min_decile, band.max_decile + 1)
+    if sorted(covered) != list(range(1, 11)):
+        raise ConfigError("insights.propensity_bands: the bands must cover the deciles 1..10, each exactly once; "
+                          f"they cover {sorted(covered)}")
+    _check_unique_names("insights.rfm_classes", [rule.name for rule in insights.rfm_classes])
+    for i, rule in enumerate(insights.rfm_classes):
+        _check_bounds(f"insights.rfm_classes[{i}]", rule, ("recency_score", "frequency_score", "monetary_score"), 1, 5)
+    classes = [rule.name for rule in insights.rfm_classes] + [insights.default_rfm_class]
+    if insights.default_rfm_class in classes[:-1]:
+        raise ConfigError(f"insights.default_rfm_class: {insights.default_rfm_class!r} is already a class in "
+                          "insights.rfm_classes; the default names the users no class matches")
+    _check_unique_names("insights.actions", [rule.name for rule in insights.actions])
+    for i, rule in enumerate(insights.actions):
+        key = f"insights.actions[{i}]"
+        if not rule.action.strip():
+            raise ConfigError(f"{key}.action: must not be empty")
+        conditions = {f.name: getattr(rule, f.name) for f in dataclasses.fields(rule) if f.name not in ("name", "action")}
+        if all(value is None for value in conditions.values()):
+            # A rule without conditions would match everyone and hide every rule after it.
+            raise ConfigError(f"{key} ({rule.name}): has no condition; the catch-all is insights.default_action")
+        _check_bounds(key, rule, ("decile",), 1, 10)
+        _check_bounds(key, rule, ("frequency_score", "monetary_score"), 1, 5)
+        _check_bounds(key, rule, ("recency_days",), 0, 1_000_000)
+        for name in rule.rfm_classes or []:
+            if name not in classes:
+                raise ConfigError(f"{key}.rfm_classes: {name!r} is not an RFM class; known: {', '.join(classes)}")
+    price_bands = insights.price_bands
+    if price_bands is not None and not (len(price_bands) == 2 and 0 <= price_bands[0] < price_bands[1]):
+        raise ConfigError(f"insights.price_bands: expected [low_max, mid_max] with 0 <= low_max < mid_max, got {price_bands}")
 
 
 def _lookup(config: Any, dotted: str) -> Any:
