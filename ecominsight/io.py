@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
 import os
+import shutil
 import tempfile
-from pathlib import Path
-from typing import Any
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterator
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ecominsight.presets import Preset
-from ecominsight.transforms.clean import CORRUPT, SOURCE_FILE
+from ecominsight.presets import Preset, TableSource
+from ecominsight.transforms.clean import CORRUPT, SOURCE_FILE, SOURCE_LINE
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +41,25 @@ def check_inputs_exist(paths: list[str], *, preset: str) -> None:
             )
 
 
-def read_source(spark: SparkSession, preset: Preset, paths: list[str]) -> DataFrame:
-    """Read raw rows as the preset describes. Output: string columns named as in the source,
-    `_source_file`, and for text formats `_corrupt_record` (the raw line of a malformed record)."""
+# The charsets Spark 4 decodes without `spark.sql.legacy.javaCharsets` (CSVOptions refuses the rest).
+SPARK_CHARSETS = {"ISO88591", "USASCII", "UTF16", "UTF16BE", "UTF16LE", "UTF32", "UTF8"}
+BOM = "\ufeff"
+ARCHIVE_SUFFIX = ".zip"
+
+
+def read_source(spark: SparkSession, preset: Preset | TableSource, paths: list[str]) -> DataFrame:
+    """Read raw rows as the preset (or one of its side sources) describes. Output: string columns
+    named as in the source, `_source_file`, for text formats `_corrupt_record` (the raw line of a
+    malformed record), and for `text` also `_source_line` (the 1-based line in its file).
+    Archives must be unpacked first (`staging_area`)."""
     check_inputs_exist(paths, preset=preset.name)
+    archives = [p for p in paths if _is_local(p) and p.lower().endswith(ARCHIVE_SUFFIX)]
+    if archives:
+        raise LakeError(f"{archives[0]} is an archive, which Spark cannot read: unpack it with io.staging_area first")
     if preset.format == "csv":
-        reader = (
-            spark.read.option("sep", preset.delimiter)
-            .option("header", preset.header)
-            .option("encoding", preset.encoding)
-            .option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", CORRUPT)
-        )
-        if preset.columns:
-            names = list(preset.columns)
-        else:
-            names = [c for c in reader.option("inferSchema", False).csv(paths).columns]
-        schema = T.StructType([T.StructField(n, T.StringType()) for n in names] + [T.StructField(CORRUPT, T.StringType())])
-        frame = reader.schema(schema).csv(paths)
+        frame = _read_csv(spark, preset, paths)
+    elif preset.format == "text":
+        return _read_delimited_text(spark, preset, paths)
     elif preset.format == "parquet":
         frame = spark.read.option("mergeSchema", True).parquet(*paths)
         frame = frame.select(*[F.col(f"`{c}`").cast("string").alias(c) for c in frame.columns])
@@ -64,6 +68,115 @@ def read_source(spark: SparkSession, preset: Preset, paths: list[str]) -> DataFr
             .option("primitivesAsString", True).json(paths)
         frame = frame.select(*[F.col(f"`{c}`").cast("string").alias(c) for c in frame.columns])
     return frame.withColumn(SOURCE_FILE, F.input_file_name())
+
+
+def _read_csv(spark: SparkSession, source: Preset | TableSource, paths: list[str]) -> DataFrame:
+    if source.encoding.upper().replace("-", "").replace("_", "") not in SPARK_CHARSETS:
+        # Spark 4 accepts other Java charsets (GBK, Big5, Shift_JIS, ...) only behind this flag.
+        spark.conf.set("spark.sql.legacy.javaCharsets", "true")
+    reader = (
+        spark.read.option("sep", source.delimiter)
+        .option("header", source.header)
+        .option("encoding", source.encoding)
+        .option("escape", source.escape)
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", CORRUPT)
+    )
+    if source.columns:
+        names = list(source.columns)
+    else:
+        # A UTF-8 byte order mark must not become part of the first column's name.
+        names = [c.lstrip(BOM) for c in reader.option("inferSchema", False).csv(paths).columns]
+        if not names:
+            raise LakeError(f"no header line in {paths} of {source.name!r}: the input is empty; "
+                            "declare `columns` in the preset to read empty inputs as zero rows")
+    schema = T.StructType([T.StructField(n, T.StringType()) for n in names] + [T.StructField(CORRUPT, T.StringType())])
+    return reader.schema(schema).csv(paths)
+
+
+def _read_delimited_text(spark: SparkSession, source: Preset | TableSource, paths: list[str]) -> DataFrame:
+    """Lines split on `delimiter_regex` (for formats such as whitespace-aligned columns that no
+    single-character CSV delimiter describes). Every physical line is one row, blank lines too;
+    a line with another number of fields is malformed and keeps its text in `_corrupt_record`."""
+    if not source.columns:
+        raise LakeError(f"{source.name!r} is format text: declare its `columns`")
+    lines = spark.read.text(paths).select(
+        "value",
+        F.input_file_name().alias(SOURCE_FILE),
+        F.col("_metadata.file_block_start").alias("_block"),
+        F.monotonically_increasing_id().alias("_pos"),
+    )
+    # Spark numbers no lines. A file is read in byte-range splits, each in order and each within one
+    # task, so a line's number is the lines of the file's earlier splits plus its place in its split.
+    splits = lines.groupBy(SOURCE_FILE, "_block").agg(F.count(F.lit(1)).alias("_n"), F.min("_pos").alias("_first"))
+    earlier = Window.partitionBy(SOURCE_FILE).orderBy("_block").rowsBetween(Window.unboundedPreceding, -1)
+    splits = splits.withColumn("_before", F.coalesce(F.sum("_n").over(earlier), F.lit(0)))
+    numbered = lines.join(F.broadcast(splits.drop("_n")), [SOURCE_FILE, "_block"]).withColumn(
+        SOURCE_LINE, F.col("_before") + F.col("_pos") - F.col("_first") + 1
+    )
+    if source.header:
+        numbered = numbered.filter(F.col(SOURCE_LINE) > 1)
+    # Surrounding whitespace is padding, not an empty first or last field.
+    fields = F.split(F.regexp_replace("value", r"^\s+|\s+$", ""), source.delimiter_regex)
+    malformed = F.size(fields) != len(source.columns)
+    return numbered.select(
+        *[F.get(fields, i).alias(name) for i, name in enumerate(source.columns)],
+        F.when(malformed, F.col("value")).alias(CORRUPT),
+        SOURCE_FILE,
+        SOURCE_LINE,
+    )
+
+
+@contextlib.contextmanager
+def staging_area(workdir: str | Path | None = None) -> Iterator[Callable[[list[str]], list[str]]]:
+    """A scratch folder for one run's unpacked archives (under `workdir`, else the system temp).
+
+    Yields `stage(paths) -> paths`: each local `.zip` (or glob matching zips) is replaced by the
+    files it holds, extracted into the folder; other paths pass as they are. The folder is removed
+    on exit, so whatever reads the staged files (Spark is lazy) must run inside the `with`.
+    """
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="staging-", dir=workdir))
+    try:
+        yield lambda paths: [staged for path in paths for staged in _unpack(path, root)]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        log.info("removed the staging folder %s", root)
+
+
+def _unpack(path: str, root: Path) -> list[str]:
+    if not _is_local(path):
+        return [path]
+    matches = sorted(glob.glob(path))
+    if not any(m.lower().endswith(ARCHIVE_SUFFIX) for m in matches):
+        return [path]
+    return [out for m in matches for out in (_extract(Path(m), root) if m.lower().endswith(ARCHIVE_SUFFIX) else [m])]
+
+
+def _extract(archive: Path, root: Path) -> list[str]:
+    """Every file of `archive` into its own folder below `root`, named by the member's base name
+    only: member paths are never trusted (`../x` or `/etc/x` cannot write outside the folder)."""
+    target = Path(tempfile.mkdtemp(prefix=f"{archive.name}-", dir=root))
+    extracted: list[str] = []
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            for member in bundle.infolist():
+                name = PurePosixPath(member.filename.replace("\\", "/")).name
+                if member.is_dir() or not name or name.startswith(".") or "__MACOSX" in member.filename:
+                    continue
+                dest = target / name
+                if dest.exists():
+                    dest = target / f"{len(extracted)}-{name}"
+                with bundle.open(member) as src, dest.open("wb") as out:
+                    shutil.copyfileobj(src, out, length=1 << 20)
+                extracted.append(str(dest))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError) as err:
+        raise LakeError(f"cannot unpack {archive}: {err}") from err
+    if not extracted:
+        raise LakeError(f"the archive {archive} holds no files")
+    log.info("unpacked %s into %s (%d files)", archive, target, len(extracted))
+    return extracted
 
 
 class Lake:
@@ -80,6 +193,10 @@ class Lake:
 
     def report_dir(self, run_id: str) -> Path:
         return self.root / "reports" / run_id
+
+    def staging_dir(self) -> Path:
+        """Where a run unpacks archives it reads (a folder per run inside, removed when it ends)."""
+        return self.root / "_staging"
 
     def write(self, df: DataFrame, zone: str, table: str, *, partition_by: list[str] | None = None) -> str:
         """Write a table as Parquet. Partitioned tables use dynamic partition overwrite, so a
@@ -104,6 +221,13 @@ class Lake:
 
     def exists(self, zone: str, table: str) -> bool:
         return Path(self.table_path(zone, table)).exists()
+
+    def drop(self, zone: str, table: str) -> None:
+        """Remove a table if it exists (a table a run does not produce must not outlive it)."""
+        path = Path(self.table_path(zone, table))
+        if path.exists():
+            shutil.rmtree(path)
+            log.info("removed %s/%s from %s", zone, table, path)
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -14,13 +14,17 @@ from typing import Any
 import yaml
 
 from ecominsight.config import DEFAULT_CONF_DIR, PROJECT_ROOT, ConfigError
+from ecominsight.schema import ITEMS
 from ecominsight.schema import USER_ATTRIBUTES as USER_FIELDS
 
 EVENT_FIELDS = (
     "user_id", "event_type", "item_id", "category", "brand", "title",
     "price", "quantity", "query", "session_id",
 )
-FORMATS = ("csv", "parquet", "json")
+USER_SOURCE_FIELDS = ("user_id", *USER_FIELDS)
+ITEM_FIELDS = tuple(ITEMS.fieldNames())
+REVIEW_FIELDS = ("user_id", "item_id", "rating", "text")
+FORMATS = ("csv", "parquet", "json", "text")
 PACKAGE_PREFIX = "package:"
 PACKAGE_DIR = Path(__file__).resolve().parent
 TIMESTAMP_UNITS = ("s", "ms", "string")
@@ -28,12 +32,13 @@ TIMESTAMP_UNITS = ("s", "ms", "string")
 
 @dataclass(frozen=True)
 class TimestampSpec:
-    """How to read the event time: a column in Unix `s`/`ms` or a `string` with a Spark pattern,
-    or a fixed `value` for snapshot tables that carry no time at all."""
+    """How to read the event time: a column in Unix `s`/`ms` or a `string` with a Spark pattern
+    (or a list of patterns, the first that parses wins), or a fixed `value` for snapshot tables
+    that carry no time at all."""
 
     column: str | None = None
     unit: str = "string"
-    format: str = "yyyy-MM-dd HH:mm:ss"
+    format: str | tuple[str, ...] = "yyyy-MM-dd HH:mm:ss"
     zone: str = "UTC"  # zone of naive wall-clock strings; ignored for Unix units
     value: str | None = None
 
@@ -55,26 +60,11 @@ class RejectRule:
     when: str
 
 
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    format: str
+class _Inputs:
+    """Path resolution shared by a preset and its side sources (`paths` and `base_dir` fields)."""
+
     paths: tuple[str, ...]
-    events: dict[str, str]  # canonical field -> raw column name, or "expr:<Spark SQL>"
-    timestamp: TimestampSpec
-    description: str = ""
-    delimiter: str = ","
-    header: bool = True
-    encoding: str = "UTF-8"
-    columns: tuple[str, ...] = ()  # names for header-less files, in file order
-    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    event_types: dict[str, str] = field(default_factory=dict)
-    users: dict[str, str] = field(default_factory=dict)
-    gender_values: dict[str, str] = field(default_factory=dict)
-    label: str | None = None
-    window: WindowSpec | None = None
-    reject: tuple[RejectRule, ...] = ()
-    base_dir: str = str(PROJECT_ROOT)
+    base_dir: str
 
     def resolved_paths(self, override: list[str] | None = None) -> list[str]:
         """Input paths. `package:<path>` is data shipped inside the ecominsight package; other
@@ -92,7 +82,64 @@ class Preset:
         return resolved
 
 
+@dataclass(frozen=True)
+class TableSource(_Inputs):
+    """Files of their own that feed one canonical table directly: `user_source` (a user list
+    such as JData_User.csv) or `item_source` (a product list). Read by the same reader as the
+    events, with the same reading keys; `fields` maps canonical field -> raw column or `expr:`."""
+
+    name: str  # "<preset>.users" / "<preset>.items", for messages and the quarantine's `source`
+    format: str
+    paths: tuple[str, ...]
+    fields: dict[str, str]
+    delimiter: str = ","
+    delimiter_regex: str | None = None
+    escape: str = '"'
+    header: bool = True
+    encoding: str = "UTF-8"
+    columns: tuple[str, ...] = ()
+    timestamp: TimestampSpec | None = None  # user_source only: the signup time
+    age_values: dict[str, int] = field(default_factory=dict)
+    gender_values: dict[str, str] = field(default_factory=dict)
+    base_dir: str = str(PROJECT_ROOT)
+
+
+@dataclass(frozen=True)
+class Preset(_Inputs):
+    name: str
+    format: str
+    paths: tuple[str, ...]
+    events: dict[str, str]  # canonical field -> raw column name, or "expr:<Spark SQL>"
+    timestamp: TimestampSpec
+    description: str = ""
+    delimiter: str = ","
+    delimiter_regex: str | None = None  # format `text`: fields split by this (Java) regex
+    escape: str = '"'  # RFC 4180: a quote inside a quoted field is written twice
+    header: bool = True
+    encoding: str = "UTF-8"
+    columns: tuple[str, ...] = ()  # names for header-less files, in file order
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    event_types: dict[str, str] = field(default_factory=dict)
+    users: dict[str, str] = field(default_factory=dict)
+    gender_values: dict[str, str] = field(default_factory=dict)
+    age_values: dict[str, int] = field(default_factory=dict)  # raw age (bucket) -> age in years
+    label: str | None = None
+    window: WindowSpec | None = None
+    reject: tuple[RejectRule, ...] = ()
+    user_source: TableSource | None = None
+    item_source: TableSource | None = None
+    reviews: dict[str, str] = field(default_factory=dict)  # canonical review field -> raw column
+    base_dir: str = str(PROJECT_ROOT)
+
+
 _KEYS = {f.name for f in dataclasses.fields(Preset)} - {"base_dir"}
+_READ_KEYS = ("format", "paths", "delimiter", "delimiter_regex", "escape", "header", "encoding", "columns")
+# Keys of each side source: how to read it, its field mapping, and what only that table uses.
+_SIDE_KEYS = {
+    "user_source": {*_READ_KEYS, "fields", "timestamp", "age_values", "gender_values"},
+    "item_source": {*_READ_KEYS, "fields"},
+}
+_SIDE_FIELDS = {"user_source": ("users", USER_SOURCE_FIELDS), "item_source": ("items", ITEM_FIELDS)}
 
 
 def available_presets(conf_dir: Path = DEFAULT_CONF_DIR) -> list[str]:
@@ -119,62 +166,134 @@ def parse_preset(raw: dict[str, Any], *, where: str = "preset", base_dir: str = 
     """Validate a preset mapping into a `Preset`; errors name the offending key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: a preset must be a mapping")
-    unknown = sorted(set(raw) - _KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown preset key {unknown[0]!r}; allowed: {', '.join(sorted(_KEYS))}")
+    _check_keys(raw, _KEYS, where)
     for required in ("name", "format", "paths", "events", "timestamp"):
         if required not in raw:
             raise ConfigError(f"{where}: missing required key {required!r}")
+    name = str(raw["name"])
+    events = _field_map(raw["events"], EVENT_FIELDS, ("user_id", "event_type"), f"{where}: events")
+    users = _field_map(raw.get("users", {}), USER_FIELDS, (), f"{where}: users")
+    reviews = _field_map(raw.get("reviews") or {}, REVIEW_FIELDS, (), f"{where}: reviews")
+    if reviews and not {"user_id", "item_id"} <= set(reviews):
+        raise ConfigError(f"{where}: reviews needs user_id and item_id")
+    timestamp = _timestamp(raw["timestamp"], f"{where}: timestamp")
+    window = _dataclass_from(WindowSpec, raw["window"], f"{where}: window") if raw.get("window") else None
+    rules = tuple(_dataclass_from(RejectRule, rule, f"{where}: reject[{i}]") for i, rule in enumerate(raw.get("reject") or []))
+    aliases = {str(k): tuple(v if isinstance(v, list) else [v]) for k, v in (raw.get("aliases") or {}).items()}
+    return Preset(
+        name=name,
+        description=str(raw.get("description", "")),
+        **_reading(raw, where),
+        aliases=aliases,
+        events=events,
+        event_types=_value_map(raw.get("event_types"), str, f"{where}: event_types"),
+        users=users,
+        gender_values=_value_map(raw.get("gender_values"), str, f"{where}: gender_values"),
+        age_values=_value_map(raw.get("age_values"), int, f"{where}: age_values"),
+        label=raw.get("label"),
+        timestamp=timestamp,
+        window=window,
+        reject=rules,
+        user_source=_side_source(raw, "user_source", name, where, base_dir),
+        item_source=_side_source(raw, "item_source", name, where, base_dir),
+        reviews=reviews,
+        base_dir=base_dir,
+    )
+
+
+def _check_keys(raw: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown preset key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _reading(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """The keys that say how to read files, validated; shared by a preset and its side sources."""
     if raw["format"] not in FORMATS:
         raise ConfigError(f"{where}: format {raw['format']!r} is not one of {', '.join(FORMATS)}")
     paths = raw["paths"]
     if isinstance(paths, str):
         paths = [paths]
-    events = _string_map(raw["events"], f"{where}: events")
-    bad = sorted(set(events) - set(EVENT_FIELDS))
-    if bad:
-        raise ConfigError(f"{where}: events.{bad[0]} is not a canonical event field; allowed: {', '.join(EVENT_FIELDS)}")
-    for required in ("user_id", "event_type"):
-        if required not in events:
-            raise ConfigError(f"{where}: events.{required} is required")
-    users = _string_map(raw.get("users", {}), f"{where}: users")
-    bad = sorted(set(users) - set(USER_FIELDS))
-    if bad:
-        raise ConfigError(f"{where}: users.{bad[0]} is not a canonical user field; allowed: {', '.join(USER_FIELDS)}")
-    timestamp = _dataclass_from(TimestampSpec, raw["timestamp"], f"{where}: timestamp")
-    if timestamp.value is None and timestamp.column is None:
-        raise ConfigError(f"{where}: timestamp needs a column (or a fixed value for snapshot tables)")
-    if timestamp.unit not in TIMESTAMP_UNITS:
-        raise ConfigError(f"{where}: timestamp.unit {timestamp.unit!r} is not one of {', '.join(TIMESTAMP_UNITS)}")
-    window = _dataclass_from(WindowSpec, raw["window"], f"{where}: window") if raw.get("window") else None
-    rules = tuple(_dataclass_from(RejectRule, rule, f"{where}: reject[{i}]") for i, rule in enumerate(raw.get("reject") or []))
-    aliases = {str(k): tuple(v if isinstance(v, list) else [v]) for k, v in (raw.get("aliases") or {}).items()}
-    return Preset(
-        name=str(raw["name"]),
-        description=str(raw.get("description", "")),
+    regex = raw.get("delimiter_regex")
+    if (raw["format"] == "text") != (regex is not None):
+        raise ConfigError(f"{where}: format text needs delimiter_regex, and delimiter_regex needs format text")
+    encoding = str(raw.get("encoding", "UTF-8"))
+    if raw["format"] == "text" and encoding.upper().replace("-", "") != "UTF8":
+        raise ConfigError(f"{where}: format text reads UTF-8 only, not {encoding}")
+    escape = str(raw.get("escape", '"'))
+    if len(escape) != 1 or len(str(raw.get("delimiter", ","))) != 1:
+        raise ConfigError(f"{where}: delimiter and escape are single characters (use format text with delimiter_regex)")
+    return dict(
         format=raw["format"],
         paths=tuple(str(p) for p in paths),
         delimiter=str(raw.get("delimiter", ",")),
+        delimiter_regex=str(regex) if regex is not None else None,
+        escape=escape,
         header=bool(raw.get("header", True)),
-        encoding=str(raw.get("encoding", "UTF-8")),
+        encoding=encoding,
         columns=tuple(str(c) for c in raw.get("columns") or ()),
-        aliases=aliases,
-        events=events,
-        event_types={str(k).strip().lower(): str(v) for k, v in (raw.get("event_types") or {}).items()},
-        users=users,
-        gender_values={str(k).strip().lower(): str(v) for k, v in (raw.get("gender_values") or {}).items()},
-        label=raw.get("label"),
-        timestamp=timestamp,
-        window=window,
-        reject=rules,
+    )
+
+
+def _side_source(raw: dict[str, Any], key: str, preset: str, where: str, base_dir: str) -> TableSource | None:
+    """`user_source:` / `item_source:`, validated into a `TableSource`, or None when absent."""
+    section = raw.get(key)
+    if section is None:
+        return None
+    where = f"{where}: {key}"
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    _check_keys(section, _SIDE_KEYS[key], where)
+    for required in ("format", "paths", "fields"):
+        if required not in section:
+            raise ConfigError(f"{where}: missing required key {required!r}")
+    table, allowed = _SIDE_FIELDS[key]
+    return TableSource(
+        name=f"{preset}.{table}",
+        **_reading(section, where),
+        fields=_field_map(section["fields"], allowed, (allowed[0],), f"{where}: fields"),
+        timestamp=_timestamp(section["timestamp"], f"{where}: timestamp") if section.get("timestamp") else None,
+        age_values=_value_map(section.get("age_values"), int, f"{where}: age_values"),
+        gender_values=_value_map(section.get("gender_values"), str, f"{where}: gender_values"),
         base_dir=base_dir,
     )
 
 
-def _string_map(value: Any, where: str) -> dict[str, str]:
+def _field_map(value: Any, allowed: tuple[str, ...], required: tuple[str, ...], where: str) -> dict[str, str]:
+    """canonical field -> raw column (or `expr:`), every field canonical, the required ones present."""
     if not isinstance(value, dict):
         raise ConfigError(f"{where} must be a mapping of canonical field to raw column")
-    return {str(k): str(v) for k, v in value.items()}
+    fields = {str(k): str(v) for k, v in value.items()}
+    bad = sorted(set(fields) - set(allowed))
+    if bad:
+        raise ConfigError(f"{where}.{bad[0]} is not a canonical field here; allowed: {', '.join(allowed)}")
+    for name in required:
+        if name not in fields:
+            raise ConfigError(f"{where}.{name} is required")
+    return fields
+
+
+def _value_map(value: Any, kind: type, where: str) -> dict[str, Any]:
+    """raw value -> canonical value; raw values are matched trimmed and lower-cased."""
+    if not value:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping of raw value to canonical value")
+    try:
+        return {str(k).strip().lower(): kind(v) for k, v in value.items()}
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _timestamp(value: Any, where: str) -> TimestampSpec:
+    spec = _dataclass_from(TimestampSpec, value, where)
+    if spec.value is None and spec.column is None:
+        raise ConfigError(f"{where} needs a column (or a fixed value for snapshot tables)")
+    if spec.unit not in TIMESTAMP_UNITS:
+        raise ConfigError(f"{where}.unit {spec.unit!r} is not one of {', '.join(TIMESTAMP_UNITS)}")
+    if isinstance(spec.format, tuple) and not spec.format:
+        raise ConfigError(f"{where}.format is an empty list")
+    return spec
 
 
 def _dataclass_from(cls: type, value: Any, where: str) -> Any:
@@ -184,7 +303,11 @@ def _dataclass_from(cls: type, value: Any, where: str) -> Any:
     unknown = sorted(set(value) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+    listed = sorted(k for k, v in value.items() if isinstance(v, list) and k != "format")
+    if listed:
+        raise ConfigError(f"{where}.{listed[0]} must be a single value, not a list")
     try:
-        return cls(**{k: (str(v) if v is not None else None) for k, v in value.items()})
+        return cls(**{k: (tuple(str(x) for x in v) if isinstance(v, list) else str(v) if v is not None else None)
+                      for k, v in value.items()})
     except TypeError as err:
         raise ConfigError(f"{where}: {err}") from err

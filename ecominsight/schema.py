@@ -39,6 +39,17 @@ ITEMS = T.StructType([
     T.StructField("description", T.StringType(), True),
 ])
 
+# One row per accepted review; `rating` is null where the source gave none, `text` is cleaned like
+# every other text field (letters, marks and digits only).
+REVIEWS = T.StructType([
+    T.StructField("user_id", T.StringType(), False),
+    T.StructField("item_id", T.StringType(), False),
+    T.StructField("ts", T.TimestampType(), False),
+    T.StructField("rating", T.DoubleType(), True),
+    T.StructField("text", T.StringType(), True),
+    T.StructField("source", T.StringType(), False),
+])
+
 LABELS = T.StructType([
     T.StructField("user_id", T.StringType(), False),
     T.StructField("label", T.IntegerType(), False),
@@ -50,14 +61,19 @@ QUARANTINE = T.StructType([
     T.StructField("source_file", T.StringType(), True),
     T.StructField("run_id", T.StringType(), False),
     T.StructField("source", T.StringType(), False),
+    # 1-based physical line in `source_file`; only sources read line by line (`delimiter_regex`) know it.
+    T.StructField("source_line", T.LongType(), True),
 ])
 
 # Reason codes, in the order the checks run: a row carries the first one it fails.
 REASON_MALFORMED = "malformed_row"  # wrong column count or unparseable record
 REASON_MISSING_USER = "missing_user_id"
+REASON_MISSING_ITEM = "missing_item_id"
 REASON_BAD_TIMESTAMP = "bad_timestamp"
 REASON_UNKNOWN_EVENT = "unknown_event_type"
 REASON_BAD_NUMBER = "bad_number"
 REASON_OUTSIDE_WINDOW = "outside_window"
 REASON_BAD_LABEL = "bad_label"
+REASON_BAD_RATING = "bad_rating"  # a rating that is given but is not a number in [1, 5]
+REASON_EMPTY_REVIEW = "empty_review"  # neither text nor rating
 REASON_DUPLICATE = "duplicate"

@@ -13,8 +13,9 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from ecominsight import data_quality, schema
 from ecominsight.config import Config, ConfigError, config_to_dict
-from ecominsight.io import Lake, LakeError, read_json, read_source, write_json
+from ecominsight.io import Lake, LakeError, read_json, read_source, staging_area, write_json
 from ecominsight.presets import Preset, load_preset
 from ecominsight.transforms import clean, fuse
 
@@ -32,45 +33,93 @@ class AccountingError(RuntimeError):
     """Input rows != clean rows + quarantined rows: a row went missing, which must never happen."""
 
 
-def _tag_kwargs(preset: Preset, run_id: str) -> dict[str, Any]:
+def _tag_kwargs(preset: Preset, run_id: str, table: str = "events") -> dict[str, Any]:
+    """Keyword arguments of clean.tag_<table> for a preset: its events or reviews (both from the
+    preset's rows), its users (`user_source`) or its items (`item_source`)."""
     ts = preset.timestamp
+    times = dict(ts_column=ts.column, ts_unit=ts.unit, ts_format=ts.format, ts_zone=ts.zone, ts_value=ts.value)
+    if table == "reviews":
+        return dict(source=preset.name, run_id=run_id, field_map=preset.reviews, **times)
+    if table == "users":
+        side, signup = preset.user_source, preset.user_source.timestamp
+        signup_times = dict(ts_column=signup.column, ts_unit=signup.unit, ts_format=signup.format,
+                            ts_zone=signup.zone) if signup else {}
+        return dict(source=preset.name, run_id=run_id, field_map=side.fields, age_values=side.age_values,
+                    gender_values=side.gender_values, **signup_times)
+    if table == "items":
+        return dict(source=preset.name, run_id=run_id, field_map=preset.item_source.fields)
     return dict(
         source=preset.name, run_id=run_id, field_map=preset.events, user_field_map=preset.users,
-        label_column=preset.label, event_type_map=preset.event_types,
-        ts_column=ts.column, ts_unit=ts.unit, ts_format=ts.format, ts_zone=ts.zone, ts_value=ts.value,
+        label_column=preset.label, event_type_map=preset.event_types, **times,
         window=(preset.window.start, preset.window.end, preset.window.zone) if preset.window else None,
         reject_rules=[(rule.reason, rule.when) for rule in preset.reject],
     )
 
 
 def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
-    """raw files (through the source preset) -> clean/{events,users,items[,labels]} + quarantine/events."""
+    """raw files (through the source preset) -> clean/{events,users,items[,labels,reviews]},
+    quarantine/{events[,users,items,reviews]}, reports/<run_id>/{clean,data_quality}.json."""
     preset = load_preset(config.source.preset)
     paths = preset.resolved_paths(config.source.paths)
     log.info("clean: preset %s reading %s", preset.name, paths)
-    raw = clean.resolve_aliases(read_source(spark, preset, paths), aliases=preset.aliases)
-    tagged = clean.mark_duplicates(clean.tag_events(raw, **_tag_kwargs(preset, run_id)))
-    tagged = tagged.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        by_reason = {row["reason"]: row["count"] for row in tagged.groupBy("reason").count().collect()}
-        n_input = raw.count()
-        n_clean = by_reason.pop(None, 0)
-        n_quarantined = sum(by_reason.values())
-        if n_input != n_clean + n_quarantined:
-            raise AccountingError(f"input rows {n_input} != clean {n_clean} + quarantined {n_quarantined}")
-        lake.write(clean.accepted_events(tagged), "clean", "events", partition_by=["dt"])
-        lake.write(clean.quarantined_rows(tagged), "quarantine", "events", partition_by=["source"])
-        lake.write(clean.derive_users(tagged, gender_values=preset.gender_values), "clean", "users")
-        lake.write(clean.derive_items(tagged), "clean", "items")
-        if preset.label:
-            lake.write(clean.derive_labels(tagged), "clean", "labels")
-    finally:
-        tagged.unpersist()
-    summary = {"preset": preset.name, "inputs": paths, "input_rows": n_input, "clean_rows": n_clean,
-               "quarantined_rows": n_quarantined, "quarantined_by_reason": dict(sorted(by_reason.items()))}
+    with staging_area(lake.staging_dir()) as stage:
+        raw = clean.resolve_aliases(read_source(spark, preset, stage(paths)), aliases=preset.aliases)
+        inputs, tagged = {"events": raw}, {"events": clean.mark_duplicates(clean.tag_events(raw, **_tag_kwargs(preset, run_id)))}
+        if preset.reviews:
+            inputs["reviews"], tagged["reviews"] = raw, clean.tag_reviews(raw, **_tag_kwargs(preset, run_id, "reviews"))
+        for table, side, tag in (("users", preset.user_source, clean.tag_users), ("items", preset.item_source, clean.tag_items)):
+            if side is not None:
+                inputs[table] = read_source(spark, side, stage(side.resolved_paths()))
+                tagged[table] = tag(inputs[table], **_tag_kwargs(preset, run_id, table))
+        tagged = {table: frame.persist(StorageLevel.MEMORY_AND_DISK) for table, frame in tagged.items()}
+        try:
+            window = _tag_kwargs(preset, run_id)["window"]
+            profiles = {table: data_quality.table_profile(frame, columns=data_quality.PROFILED[table],
+                                                          window=window if table == "events" else None)
+                        for table, frame in tagged.items()}
+            n_raw = raw.count()
+            for table, profile in profiles.items():
+                n_input = n_raw if inputs[table] is raw else inputs[table].count()
+                if n_input != profile["clean_rows"] + profile["quarantined_rows"]:
+                    raise AccountingError(f"{table}: input rows {n_input} != clean {profile['clean_rows']} "
+                                          f"+ quarantined {profile['quarantined_rows']}")
+            events = tagged["events"]
+            users = clean.derive_users(events, gender_values=preset.gender_values, age_values=preset.age_values)
+            items = clean.derive_items(events)
+            if "users" in tagged:
+                users = clean.combine_users(clean.accepted_rows(tagged["users"], schema.USERS), users)
+            if "items" in tagged:
+                items = clean.combine_items(clean.accepted_rows(tagged["items"], schema.ITEMS), items)
+            lake.write(clean.accepted_events(events), "clean", "events", partition_by=["dt"])
+            lake.write(users, "clean", "users")
+            lake.write(items, "clean", "items")
+            optional = {("clean", "labels"): clean.derive_labels(events) if preset.label else None,
+                        ("clean", "reviews"): clean.accepted_rows(tagged["reviews"], schema.REVIEWS) if preset.reviews else None}
+            for table in ("events", "users", "items", "reviews"):
+                optional[("quarantine", table)] = clean.quarantined_rows(tagged[table]) if table in tagged else None
+            for (zone, table), frame in optional.items():
+                # A table this preset does not produce must not survive from an earlier run on the same lake.
+                if frame is None:
+                    lake.drop(zone, table)
+                else:
+                    lake.write(frame, zone, table, partition_by=["source"] if zone == "quarantine" else None)
+            report = data_quality.clean_report(
+                run_id=run_id, preset=preset.name, profiles=profiles,
+                users=lake.read(spark, "clean", "users", written_by="clean"),
+                events=lake.read(spark, "clean", "events", written_by="clean"),
+            )
+        finally:
+            for frame in tagged.values():
+                frame.unpersist()
+    write_json(lake.report_dir(run_id) / "data_quality.json", report)
+    counts = {table: {"input_rows": p["input_rows"], "clean_rows": p["clean_rows"], "quarantined_rows": p["quarantined_rows"],
+                      "quarantined_by_reason": {r: n for r, n in p["rows_by_reason"].items() if r != data_quality.CLEAN_KEY}}
+              for table, p in profiles.items()}
+    summary = {"preset": preset.name, "inputs": paths, **counts["events"], "tables": counts,
+               "users_without_events": report["users_without_events"]}
     write_json(lake.report_dir(run_id) / "clean.json", summary)
-    log.info("clean: %d input rows = %d clean + %d quarantined %s", n_input, n_clean, n_quarantined,
-             summary["quarantined_by_reason"])
+    log.info("clean: %d input rows = %d clean + %d quarantined %s", summary["input_rows"], summary["clean_rows"],
+             summary["quarantined_rows"], summary["quarantined_by_reason"])
     return summary
 
 

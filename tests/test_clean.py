@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import zipfile
 
 import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
+from ecominsight import schema
+from ecominsight.config import load_config
+from ecominsight.io import Lake, read_json
+from ecominsight.stages import run_clean
 from ecominsight.transforms import clean
 
 RAW_COLUMNS = ["uid", "when", "what", "item", "cost", "q"]
@@ -134,3 +139,126 @@ def test_resolve_aliases_coalesces_renamed_columns(spark):
     frame = spark.createDataFrame([("A1", None), (None, "B2")], "Invoice string, InvoiceNo string")
     out = clean.resolve_aliases(frame, aliases={"Invoice": ["InvoiceNo"]})
     assert out.columns == ["Invoice"] and [r[0] for r in out.collect()] == ["A1", "B2"]
+
+
+def test_parse_timestamp_takes_the_first_pattern_that_parses(spark):
+    frame = spark.createDataFrame([("12/06/2010 10:08",), ("2/20/11 11:39",), ("2011-02-20 11:39",)], "v string")
+    parsed = clean.parse_timestamp(F.col("v"), unit="string", fmt=("M/d/yyyy H:mm", "M/d/yy H:mm"), zone="UTC")
+    assert [r[0] for r in frame.select(parsed).collect()] == [dt.datetime(2010, 12, 6, 10, 8), dt.datetime(2011, 2, 20, 11, 39), None]
+
+
+def test_age_buckets_and_gender_codes_map_through_the_preset_values(spark):
+    frame = spark.createDataFrame([("56岁以上", "2"), ("-1", "0"), ("33", "1"), ("200", "m"), (None, None)], "age string, sex string")
+    got = frame.select(clean.parse_age(F.col("age"), age_values={"56岁以上": 60}),
+                       clean.parse_gender(F.col("sex"), gender_values={"0": "M", "1": "F", "2": "U"})).collect()
+    assert [tuple(r) for r in got] == [(60, "U"), (None, "M"), (33, "F"), (None, "M"), (None, None)]
+
+
+# A preset with everything a source can declare: zipped events with a window and reviews, a GBK user list
+# with age buckets, and an item list. Each file has a dirty row per check; the comments give its fate.
+EVENTS_CSV = """uid,when,what,item,cost,stars,note
+u1,2020-01-01 10:00:00,pv,i1,1.5,5,good
+u1,2020-01-01 10:00:00,pv,i1,1.5,5,good
+,2020-01-01 11:00:00,pv,i2,2,4,fine
+u2,2020-01-02 09:00:00,buy,i2,,,
+u2,1999-01-01 00:00:00,buy,i2,3,3,old
+u3,2020-01-03 00:00:00,pv
+u2,2020-01-05 00:00:00,teleport,i3,1,9,x
+"""
+# events:  ok, duplicate, missing_user_id, ok, outside_window, malformed_row, unknown_event_type
+# reviews: ok, duplicate, missing_user_id, empty_review, ok, malformed_row, bad_rating
+USERS_CSV = "id,age,sex,reg\nu1,26-35岁,0,2019-05-01\nu2,-1,1,not a day\nu9,56岁以上,2,2019-01-01\n,20,0,2019-01-01\nu9,30,1,2019-01-01\n"
+# users:   ok, ok (no signup day), ok (no events), missing_user_id, duplicate
+ITEMS_CSV = "sku,cat,price\ni1,mugs,3.5\ni1,mugs,3.5\n,x,1\ni4,cups,cheap\n"
+# items:   ok, duplicate, missing_item_id, bad_number
+PRESET = """
+name: everything
+format: csv
+paths: ["{folder}/events.zip"]
+timestamp: {{column: when, format: "yyyy-MM-dd HH:mm:ss"}}
+window: {{start: "2020-01-01 00:00:00", end: "2020-02-01 00:00:00"}}
+events: {{user_id: uid, event_type: what, item_id: item, price: cost}}
+event_types: {{pv: view, buy: purchase}}
+reviews: {{user_id: uid, item_id: item, rating: stars, text: note}}
+user_source:
+  format: csv
+  paths: ["{folder}/users.csv"]
+  encoding: GBK
+  fields: {{user_id: id, age: age, gender: sex}}
+  timestamp: {{column: reg, format: "yyyy-MM-dd"}}
+  age_values: {{26-35岁: 30, 56岁以上: 60}}
+  gender_values: {{0: M, 1: F, 2: U}}
+item_source:
+  format: csv
+  paths: ["{folder}/items.csv"]
+  fields: {{item_id: sku, category: cat, price: price}}
+"""
+
+
+def _write_everything(folder) -> str:
+    with zipfile.ZipFile(folder / "events.zip", "w") as bundle:
+        bundle.writestr("export/events.csv", EVENTS_CSV)
+    (folder / "users.csv").write_bytes(USERS_CSV.encode("gbk"))
+    (folder / "items.csv").write_text(ITEMS_CSV, encoding="utf-8")
+    preset = folder / "everything.yaml"
+    preset.write_text(PRESET.format(folder=folder), encoding="utf-8")
+    return str(preset)
+
+
+def test_run_clean_writes_every_table_and_the_data_quality_report(spark, tmp_path):
+    preset = _write_everything(tmp_path)
+    lake = Lake(tmp_path / "lake")
+    config = load_config("local", [f"lake={lake.root}", f"source.preset={preset}"])
+    summary = run_clean(spark, config, lake, "dq")
+
+    report = read_json(lake.report_dir("dq") / "data_quality.json")
+    events = report["tables"]["events"]
+    assert events["rows_by_reason"] == {"<clean>": 2, "duplicate": 1, "malformed_row": 1, "missing_user_id": 1,
+                                        "outside_window": 1, "unknown_event_type": 1}
+    assert (events["input_rows"], events["clean_rows"], events["quarantined_rows"]) == (7, 2, 5)
+    assert events["duplicate_rate"] == pytest.approx(1 / 7)
+    assert events["null_rates"]["price"] == 0.5 and events["null_rates"]["user_id"] == 0.0 and events["null_rates"]["query"] == 1.0
+    assert events["time_range"] == {"min": "2020-01-01 10:00:00", "max": "2020-01-02 09:00:00"}
+    # Only the 1999 row has a parsed time outside the window (the malformed row's time is inside it).
+    assert events["window"] == {"start": "2020-01-01 00:00:00", "end": "2020-02-01 00:00:00", "zone": "UTC", "rows_outside": 1}
+    assert report["tables"]["users"]["rows_by_reason"] == {"<clean>": 3, "duplicate": 1, "missing_user_id": 1}
+    assert report["tables"]["users"]["null_rates"]["signup_ts"] == pytest.approx(1 / 3)
+    assert report["tables"]["items"]["rows_by_reason"] == {"<clean>": 1, "bad_number": 1, "duplicate": 1, "missing_item_id": 1}
+    assert report["tables"]["reviews"]["rows_by_reason"] == {"<clean>": 2, "bad_rating": 1, "duplicate": 1,
+                                                             "empty_review": 1, "malformed_row": 1, "missing_user_id": 1}
+    assert report["users_without_events"] == 1  # u9: listed, never active
+
+    # clean.json keeps its keys (the events' figures) and adds every table's.
+    assert (summary["input_rows"], summary["clean_rows"], summary["quarantined_rows"]) == (7, 2, 5)
+    assert summary["quarantined_by_reason"] == {k: v for k, v in events["rows_by_reason"].items() if k != "<clean>"}
+    assert read_json(lake.report_dir("dq") / "clean.json") == summary
+    assert {t: summary["tables"][t]["input_rows"] for t in summary["tables"]} == {"events": 7, "reviews": 7, "users": 5, "items": 4}
+
+    def table(zone, name):
+        return lake.read(spark, zone, name, written_by="clean")
+
+    # u2's unreadable signup day falls back to its first event; of u9's two rows, a CSV gives no line
+    # numbers, so the copy that stays is the first by raw text: {"id":"u9","age":"30",...}.
+    users = {r["user_id"]: (r["age"], r["gender"], r["signup_ts"]) for r in table("clean", "users").collect()}
+    assert users == {"u1": (30, "M", dt.datetime(2019, 5, 1)), "u2": (None, "F", dt.datetime(2020, 1, 2, 9)),
+                     "u9": (30, "F", dt.datetime(2019, 1, 1))}
+    items = {r["item_id"]: (r["category"], r["price"]) for r in table("clean", "items").collect()}
+    assert items == {"i1": ("mugs", 3.5), "i2": (None, None)}
+    reviews = table("clean", "reviews")
+    assert reviews.schema.fieldNames() == schema.REVIEWS.fieldNames()
+    assert sorted((r["user_id"], r["rating"], r["text"]) for r in reviews.collect()) == [("u1", 5.0, "good"), ("u2", 3.0, "old")]
+    counts = {name: table("quarantine", name).count() for name in ("events", "users", "items", "reviews")}
+    assert counts == {"events": 5, "users": 2, "items": 3, "reviews": 5}
+    quarantine = table("quarantine", "events")
+    assert set(quarantine.columns) == set(schema.QUARANTINE.fieldNames())
+    malformed = quarantine.filter(F.col("reason") == "malformed_row").select("raw", "source_file").first()
+    assert malformed["raw"] == "u3,2020-01-03 00:00:00,pv" and malformed["source_file"].endswith("/events.csv")
+    # The unpacked archive is gone once the stage ends.
+    assert [p for p in (lake.root / "_staging").rglob("*") if p.is_file()] == []
+
+    # A later run whose preset declares no reviews leaves no stale reviews behind.
+    text = (tmp_path / "everything.yaml").read_text(encoding="utf-8")
+    (tmp_path / "everything.yaml").write_text(text.replace("reviews: {user_id: uid, item_id: item, rating: stars, text: note}\n", ""),
+                                              encoding="utf-8")
+    run_clean(spark, config, lake, "dq2")
+    assert not lake.exists("clean", "reviews") and not lake.exists("quarantine", "reviews") and lake.exists("clean", "events")

@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from ecominsight import schema
 
@@ -21,7 +22,9 @@ NOT_TEXT = r"[^\p{L}\p{M}\p{N}\s]"
 NULL_TOKENS = ("", "nan", "na", "null", "none", "n/a")
 
 SOURCE_FILE = "_source_file"
+SOURCE_LINE = "_source_line"
 CORRUPT = "_corrupt_record"
+META_COLUMNS = (SOURCE_FILE, SOURCE_LINE, CORRUPT)
 
 
 def clean_text(column: Column) -> Column:
@@ -54,6 +57,18 @@ def _raw_ref(spec: str | None) -> Column | None:
     return F.col(f"`{spec}`")
 
 
+def _field(field_map: Mapping[str, str], name: str) -> Column:
+    """The raw value of a canonical field as a string; null when the preset does not map it."""
+    ref = _raw_ref(field_map.get(name))
+    return ref.cast("string") if ref is not None else F.lit(None).cast("string")
+
+
+def _number(raw_value: Column) -> tuple[Column, Column]:
+    """(the value as a double, whether it is given but is not a number)."""
+    value = F.trim(raw_value).try_cast("double")
+    return value, ~_is_blank(raw_value) & value.isNull()
+
+
 def resolve_aliases(raw: DataFrame, *, aliases: Mapping[str, Sequence[str]] | None = None) -> DataFrame:
     """Resolve column aliases (e.g. `InvoiceNo` in one file, `Invoice` in another) into one column.
 
@@ -69,16 +84,85 @@ def resolve_aliases(raw: DataFrame, *, aliases: Mapping[str, Sequence[str]] | No
     return out
 
 
-def parse_timestamp(column: Column, *, unit: str, fmt: str, zone: str) -> Column:
-    """Raw value -> UTC timestamp, null when unparseable (never an exception)."""
+def parse_timestamp(column: Column, *, unit: str, fmt: str | Sequence[str], zone: str) -> Column:
+    """Raw value -> UTC timestamp, null when unparseable (never an exception). `fmt` may list
+    several patterns (a file with mixed date formats): the first that parses wins."""
     if unit == "s":
         seconds = column.cast("string").try_cast("double")
         return F.when(seconds.isNotNull(), F.timestamp_micros((seconds * 1_000_000).cast("long")))
     if unit == "ms":
         millis = column.cast("string").try_cast("double")
         return F.when(millis.isNotNull(), F.timestamp_micros((millis * 1000).cast("long")))
-    wall_clock = F.try_to_timestamp(F.trim(column.cast("string")), F.lit(fmt))
+    text = F.trim(column.cast("string"))
+    patterns = [fmt] if isinstance(fmt, str) else list(fmt)
+    wall_clock = F.coalesce(*[F.try_to_timestamp(text, F.lit(p)) for p in patterns])
     return wall_clock if zone.upper() == "UTC" else F.to_utc_timestamp(wall_clock, zone)
+
+
+def _event_time(*, ts_column: str | None, ts_unit: str, ts_format: str | Sequence[str], ts_zone: str,
+                ts_value: str | None) -> Column:
+    if ts_value is not None:
+        return F.to_timestamp(F.lit(ts_value))
+    return parse_timestamp(F.col(f"`{ts_column}`"), unit=ts_unit, fmt=ts_format, zone=ts_zone)
+
+
+def map_values(column: Column, mapping: Mapping[str, object] | None) -> Column:
+    """A raw value (trimmed, lower-cased) -> its canonical value from `mapping`; null when unmapped."""
+    key = F.lower(F.trim(column.cast("string")))
+    mapped = F.lit(None)
+    for raw_value, canonical in (mapping or {}).items():
+        mapped = F.when(key == raw_value, F.lit(canonical)).otherwise(mapped)
+    return mapped
+
+
+def parse_age(column: Column, *, age_values: Mapping[str, int] | None = None) -> Column:
+    """Age in years: a mapped value (an age bucket -> a representative age) or a plausible number."""
+    number = F.trim(column.cast("string")).try_cast("double").cast("int")
+    return F.coalesce(map_values(column, age_values).cast("int"), F.when((number > 0) & (number < 120), number))
+
+
+def parse_gender(column: Column, *, gender_values: Mapping[str, str] | None = None) -> Column:
+    """M/F/U from a mapped value or a literal M/F; null when unknown."""
+    literal = F.upper(F.trim(column.cast("string")))
+    return F.coalesce(map_values(column, gender_values).cast("string"), F.when(literal.isin("M", "F"), literal))
+
+
+def outside_window(ts: Column, window: tuple[str, str, str]) -> Column:
+    """Whether a UTC time falls outside [start, end), given as wall-clock times in `zone`."""
+    start, end, zone = window
+    start_utc = F.to_utc_timestamp(F.to_timestamp(F.lit(start)), zone)
+    end_utc = F.to_utc_timestamp(F.to_timestamp(F.lit(end)), zone)
+    return (ts < start_utc) | (ts >= end_utc)
+
+
+def _provenance(raw: DataFrame) -> list[Column]:
+    """`raw` (the original row as JSON, or the raw line of a malformed record), `source_file`,
+    `source_line` and the helper flag `_malformed`, for any raw frame as read_source returns it."""
+    raw_columns = [c for c in raw.columns if c not in META_COLUMNS]
+    original = F.to_json(F.struct(*[F.col(f"`{c}`") for c in raw_columns]))
+    has_corrupt = CORRUPT in raw.columns
+    if has_corrupt:
+        original = F.coalesce(F.col(CORRUPT), original)
+
+    def meta(name: str, kind: str) -> Column:
+        return F.col(name) if name in raw.columns else F.lit(None).cast(kind)
+
+    return [
+        original.alias("raw"),
+        meta(SOURCE_FILE, "string").alias("source_file"),
+        meta(SOURCE_LINE, "long").alias("source_line"),
+        (F.col(CORRUPT).isNotNull() if has_corrupt else F.lit(False)).alias("_malformed"),
+    ]
+
+
+def _with_reason(tagged: DataFrame, reason: Column, *, source: str, run_id: str) -> DataFrame:
+    helpers = [c for c in tagged.columns if c.startswith("_")]
+    return (
+        tagged.withColumn("reason", reason)
+        .drop(*helpers)
+        .withColumn("source", F.lit(source))
+        .withColumn("run_id", F.lit(run_id))
+    )
 
 
 def tag_events(
@@ -92,7 +176,7 @@ def tag_events(
     event_type_map: Mapping[str, str] | None = None,
     ts_column: str | None = None,
     ts_unit: str = "string",
-    ts_format: str = "yyyy-MM-dd HH:mm:ss",
+    ts_format: str | Sequence[str] = "yyyy-MM-dd HH:mm:ss",
     ts_zone: str = "UTC",
     ts_value: str | None = None,
     window: tuple[str, str, str] | None = None,
@@ -101,44 +185,28 @@ def tag_events(
     """Give every raw row canonical values and, where it fails a check, a quarantine reason.
 
     Input: raw rows (string columns named as in the source, plus `_source_file` and
-    optionally `_corrupt_record`). Output: one row per input row with the canonical event
-    columns, `age_raw`/`gender_raw`/`region_raw`/`label_raw`, `raw` (the original row as JSON or
-    text), `source_file`, `source`, `run_id` and `reason` (null for accepted rows).
+    optionally `_corrupt_record`/`_source_line`). Output: one row per input row with the canonical
+    event columns, `age_raw`/`gender_raw`/`region_raw`/`label_raw`, `raw` (the original row as JSON
+    or text), `source_file`, `source_line`, `source`, `run_id` and `reason` (null for accepted rows).
     """
-    raw_columns = [c for c in raw.columns if c not in (SOURCE_FILE, CORRUPT)]
-    has_corrupt = CORRUPT in raw.columns
-    original = F.to_json(F.struct(*[F.col(f"`{c}`") for c in raw_columns]))
-    if has_corrupt:
-        original = F.coalesce(F.col(CORRUPT), original)
-
     def field(name: str) -> Column:
-        ref = _raw_ref(field_map.get(name))
-        return ref.cast("string") if ref is not None else F.lit(None).cast("string")
+        return _field(field_map, name)
 
     event_type_raw = F.lower(F.trim(field("event_type")))
-    mapping = dict(event_type_map or {})
-    mapped = F.lit(None).cast("string")
-    for raw_value, canonical in mapping.items():
-        mapped = F.when(event_type_raw == raw_value, F.lit(canonical)).otherwise(mapped)
     # Mapped values first; a raw value that already is canonical passes as it is.
-    event_type = F.coalesce(mapped, F.when(event_type_raw.isin(*schema.EVENT_TYPES), event_type_raw))
+    event_type = F.coalesce(map_values(event_type_raw, event_type_map).cast("string"),
+                            F.when(event_type_raw.isin(*schema.EVENT_TYPES), event_type_raw))
 
-    if ts_value is not None:
-        ts = F.to_timestamp(F.lit(ts_value))
-    else:
-        ts = parse_timestamp(F.col(f"`{ts_column}`"), unit=ts_unit, fmt=ts_format, zone=ts_zone)
+    ts = _event_time(ts_column=ts_column, ts_unit=ts_unit, ts_format=ts_format, ts_zone=ts_zone, ts_value=ts_value)
 
-    price_raw, quantity_raw = field("price"), field("quantity")
-    price = F.trim(price_raw).try_cast("double")
-    quantity = F.trim(quantity_raw).try_cast("double")
-    bad_number = (~_is_blank(price_raw) & price.isNull()) | (~_is_blank(quantity_raw) & quantity.isNull())
+    price, bad_price = _number(field("price"))
+    quantity, bad_quantity = _number(field("quantity"))
 
     user_fields = user_field_map or {}
     tagged = raw.select(
         normalize_id(field("user_id")).alias("user_id"),
         ts.alias("ts"),
         event_type.alias("event_type"),
-        event_type_raw.alias("_event_type_raw"),
         normalize_id(field("item_id")).alias("item_id"),
         clean_text(field("category")).alias("category"),
         clean_text(field("brand")).alias("brand"),
@@ -153,10 +221,8 @@ def tag_events(
             for name in schema.USER_ATTRIBUTES
         ],
         (_raw_ref(label_column).cast("string") if label_column else F.lit(None).cast("string")).alias("label_raw"),
-        original.alias("raw"),
-        F.col(SOURCE_FILE).alias("source_file") if SOURCE_FILE in raw.columns else F.lit(None).cast("string").alias("source_file"),
-        (F.col(CORRUPT).isNotNull() if has_corrupt else F.lit(False)).alias("_malformed"),
-        bad_number.alias("_bad_number"),
+        *_provenance(raw),
+        (bad_price | bad_quantity).alias("_bad_number"),
         *[F.coalesce(F.expr(predicate), F.lit(False)).alias(f"_rule_{i}") for i, (_, predicate) in enumerate(reject_rules)],
     )
 
@@ -170,20 +236,11 @@ def tag_events(
         .when(F.col("_bad_number"), F.lit(schema.REASON_BAD_NUMBER))
     )
     if window is not None:
-        start, end, zone = window
-        start_utc = F.to_utc_timestamp(F.to_timestamp(F.lit(start)), zone)
-        end_utc = F.to_utc_timestamp(F.to_timestamp(F.lit(end)), zone)
-        reason = reason.when((F.col("ts") < start_utc) | (F.col("ts") >= end_utc), F.lit(schema.REASON_OUTSIDE_WINDOW))
+        reason = reason.when(outside_window(F.col("ts"), window), F.lit(schema.REASON_OUTSIDE_WINDOW))
     if label_column:
         reason = reason.when(parse_label(F.col("label_raw")).isNull(), F.lit(schema.REASON_BAD_LABEL))
 
-    helper_columns = ["_malformed", "_bad_number", *[f"_rule_{i}" for i in range(len(reject_rules))]]
-    return (
-        tagged.withColumn("reason", reason)
-        .drop(*helper_columns)
-        .withColumn("source", F.lit(source))
-        .withColumn("run_id", F.lit(run_id))
-    )
+    return _with_reason(tagged, reason, source=source, run_id=run_id)
 
 
 def parse_label(column: Column) -> Column:
@@ -198,15 +255,17 @@ def parse_label(column: Column) -> Column:
 DEDUP_KEY = ("user_id", "ts", "event_type", "item_id", "price", "quantity", "query", "session_id")
 
 
-def mark_duplicates(tagged: DataFrame) -> DataFrame:
-    """Among accepted rows, mark every repeat of the same canonical event as `duplicate`.
+def mark_duplicates(tagged: DataFrame, *, key: Sequence[str] = DEDUP_KEY, prefer: Sequence[Column] = ()) -> DataFrame:
+    """Among accepted rows, mark every repeat of the same `key` (by default: the same canonical
+    event) as `duplicate`.
 
-    Input/output: the `tag_events` shape. The first copy (by source file, then raw text) stays;
-    rejected rows are ranked apart so that they never hide an accepted one.
+    Input/output: a tagged frame (`tag_events`, `tag_users`, ...). The first copy (by `prefer`, then
+    source file, line and raw text) stays; rejected rows are ranked apart so that they never hide an
+    accepted one.
     """
     accepted = F.col("reason").isNull()
-    first_copy_first = Window.partitionBy(accepted, *DEDUP_KEY).orderBy(
-        F.col("source_file").asc_nulls_last(), F.col("raw")
+    first_copy_first = Window.partitionBy(accepted, *key).orderBy(
+        *prefer, F.col("source_file").asc_nulls_last(), F.col("source_line").asc_nulls_last(), F.col("raw")
     )
     return (
         tagged.withColumn("_copy", F.row_number().over(first_copy_first))
@@ -224,22 +283,154 @@ def accepted_events(tagged: DataFrame) -> DataFrame:
 
 
 def quarantined_rows(tagged: DataFrame) -> DataFrame:
-    """Rejected rows with their original content, reason, source file and run id."""
+    """Rejected rows of any tagged table with their original content, reason, source file (and
+    line where known) and run id (canonical `quarantine` schema)."""
     return tagged.filter(F.col("reason").isNotNull()).select(*schema.QUARANTINE.fieldNames())
 
 
-def derive_users(tagged: DataFrame, *, gender_values: Mapping[str, str] | None = None) -> DataFrame:
+def tag_users(
+    raw: DataFrame,
+    *,
+    source: str,
+    run_id: str,
+    field_map: Mapping[str, str],
+    age_values: Mapping[str, int] | None = None,
+    gender_values: Mapping[str, str] | None = None,
+    ts_column: str | None = None,
+    ts_unit: str = "string",
+    ts_format: str | Sequence[str] = "yyyy-MM-dd",
+    ts_zone: str = "UTC",
+) -> DataFrame:
+    """Rows of a user list (a `user_source`) -> canonical user columns and a quarantine reason.
+
+    Input: raw rows as read_source returns them. Output: one row per input row with `user_id`,
+    `age`, `gender`, `region`, `signup_ts` (from `ts_column`; null when absent or unparseable, which
+    does not reject the user), the provenance columns and `reason`: `malformed_row`,
+    `missing_user_id`, or `duplicate` for a repeat of a listed user id (the first copy stays).
+    """
+    signup = (parse_timestamp(F.col(f"`{ts_column}`"), unit=ts_unit, fmt=ts_format, zone=ts_zone)
+              if ts_column else F.lit(None).cast("timestamp"))
+    tagged = raw.select(
+        normalize_id(_field(field_map, "user_id")).alias("user_id"),
+        parse_age(_field(field_map, "age"), age_values=age_values).alias("age"),
+        parse_gender(_field(field_map, "gender"), gender_values=gender_values).alias("gender"),
+        clean_text(_field(field_map, "region")).alias("region"),
+        signup.alias("signup_ts"),
+        *_provenance(raw),
+    )
+    reason = (F.when(F.col("_malformed"), F.lit(schema.REASON_MALFORMED))
+              .when(F.col("user_id").isNull(), F.lit(schema.REASON_MISSING_USER)))
+    return mark_duplicates(_with_reason(tagged, reason, source=source, run_id=run_id), key=("user_id",))
+
+
+def tag_items(raw: DataFrame, *, source: str, run_id: str, field_map: Mapping[str, str]) -> DataFrame:
+    """Rows of an item list (an `item_source`) -> canonical item columns and a quarantine reason.
+
+    Input: raw rows as read_source returns them. Output: one row per input row with the `items`
+    columns, the provenance columns and `reason`: `malformed_row`, `missing_item_id`, `bad_number`
+    (a price that is not a number), or `duplicate` for a repeat of a listed item id.
+    """
+    price, bad_price = _number(_field(field_map, "price"))
+    tagged = raw.select(
+        normalize_id(_field(field_map, "item_id")).alias("item_id"),
+        *[clean_text(_field(field_map, name)).alias(name) for name in ("title", "category", "brand")],
+        price.alias("price"),
+        clean_text(_field(field_map, "description")).alias("description"),
+        *_provenance(raw),
+        bad_price.alias("_bad_number"),
+    )
+    reason = (F.when(F.col("_malformed"), F.lit(schema.REASON_MALFORMED))
+              .when(F.col("item_id").isNull(), F.lit(schema.REASON_MISSING_ITEM))
+              .when(F.col("_bad_number"), F.lit(schema.REASON_BAD_NUMBER)))
+    return mark_duplicates(_with_reason(tagged, reason, source=source, run_id=run_id), key=("item_id",))
+
+
+REVIEW_KEY = ("user_id", "item_id", "ts", "text")
+
+
+def tag_reviews(
+    raw: DataFrame,
+    *,
+    source: str,
+    run_id: str,
+    field_map: Mapping[str, str],
+    ts_column: str | None = None,
+    ts_unit: str = "string",
+    ts_format: str | Sequence[str] = "yyyy-MM-dd HH:mm:ss",
+    ts_zone: str = "UTC",
+    ts_value: str | None = None,
+    rating_range: tuple[float, float] = (1.0, 5.0),
+) -> DataFrame:
+    """Raw rows -> canonical review columns and a quarantine reason, first failing check wins:
+    `malformed_row`, `missing_user_id`, `missing_item_id`, `bad_timestamp`, `bad_rating` (given,
+    but not a number in `rating_range`), `empty_review` (neither text nor rating), `duplicate`
+    (same user, item, time and text; a copy with a rating is kept before one without).
+
+    Input: raw rows as read_source returns them. Output: one row per input row with `user_id`,
+    `item_id`, `ts`, `rating` (null when not given), `text` (cleaned), provenance and `reason`.
+    """
+    rating, bad_rating = _number(_field(field_map, "rating"))
+    low, high = rating_range
+    ts = _event_time(ts_column=ts_column, ts_unit=ts_unit, ts_format=ts_format, ts_zone=ts_zone, ts_value=ts_value)
+    tagged = raw.select(
+        normalize_id(_field(field_map, "user_id")).alias("user_id"),
+        normalize_id(_field(field_map, "item_id")).alias("item_id"),
+        ts.alias("ts"),
+        rating.alias("rating"),
+        clean_text(_field(field_map, "text")).alias("text"),
+        *_provenance(raw),
+        (bad_rating | ~F.coalesce(rating.between(low, high), F.lit(True))).alias("_bad_rating"),
+    )
+    reason = (
+        F.when(F.col("_malformed"), F.lit(schema.REASON_MALFORMED))
+        .when(F.col("user_id").isNull(), F.lit(schema.REASON_MISSING_USER))
+        .when(F.col("item_id").isNull(), F.lit(schema.REASON_MISSING_ITEM))
+        .when(F.col("ts").isNull(), F.lit(schema.REASON_BAD_TIMESTAMP))
+        .when(F.col("_bad_rating"), F.lit(schema.REASON_BAD_RATING))
+        .when(F.col("text").isNull() & F.col("rating").isNull(), F.lit(schema.REASON_EMPTY_REVIEW))
+    )
+    tagged = _with_reason(tagged, reason, source=source, run_id=run_id)
+    return mark_duplicates(tagged, key=REVIEW_KEY, prefer=(F.col("rating").isNull(),))
+
+
+def accepted_rows(tagged: DataFrame, contract: T.StructType) -> DataFrame:
+    """Accepted rows of a tagged table in its canonical schema (`schema.USERS`, `ITEMS`, `REVIEWS`)."""
+    return tagged.filter(F.col("reason").isNull()).select(*contract.fieldNames())
+
+
+def combine_users(listed: DataFrame, derived: DataFrame) -> DataFrame:
+    """Users of a user list and users derived from events -> one row per user (`users` schema).
+
+    Attributes come from the list where it knows them (an unknown gender `U` does not count),
+    else from the events; list users without events stay, so that they can be reported and fused.
+    """
+    def known(frame: DataFrame) -> DataFrame:
+        return frame.select("user_id", "age", F.when(F.col("gender") != "U", F.col("gender")).alias("gender"),
+                            "region", "signup_ts")
+
+    joined = known(listed).alias("l").join(known(derived).alias("d"), "user_id", "full")
+    merged = {name: F.coalesce(F.col(f"l.{name}"), F.col(f"d.{name}")).alias(name)
+              for name in ("age", "gender", "region", "signup_ts")}
+    merged["gender"] = F.coalesce(merged["gender"], F.lit("U")).alias("gender")
+    return joined.select("user_id", *[merged[name] for name in ("age", "gender", "region", "signup_ts")])
+
+
+def combine_items(listed: DataFrame, derived: DataFrame) -> DataFrame:
+    """Items of an item list and items derived from events -> one row per item (`items` schema);
+    the list's values first, the events' where the list has none."""
+    names = [c for c in schema.ITEMS.fieldNames() if c != "item_id"]
+    joined = listed.alias("l").join(derived.alias("d"), "item_id", "full")
+    return joined.select("item_id", *[F.coalesce(F.col(f"l.{n}"), F.col(f"d.{n}")).alias(n) for n in names])
+
+
+def derive_users(tagged: DataFrame, *, gender_values: Mapping[str, str] | None = None,
+                 age_values: Mapping[str, int] | None = None) -> DataFrame:
     """One row per accepted user with the latest non-null attributes (canonical `users` schema)."""
     accepted = tagged.filter(F.col("reason").isNull())
-    gender_raw = F.lower(F.trim(F.col("gender_raw")))
-    gender = F.lit(None).cast("string")
-    for raw_value, canonical in (gender_values or {}).items():
-        gender = F.when(gender_raw == raw_value, F.lit(canonical)).otherwise(gender)
-    gender = F.coalesce(gender, F.when(F.upper(gender_raw).isin("M", "F"), F.upper(gender_raw)))
-    age = F.trim(F.col("age_raw")).try_cast("double").cast("int")
-    age = F.when((age > 0) & (age < 120), age)
     prepared = accepted.select(
-        "user_id", "ts", age.alias("age"), gender.alias("gender"), clean_text(F.col("region_raw")).alias("region")
+        "user_id", "ts", parse_age(F.col("age_raw"), age_values=age_values).alias("age"),
+        parse_gender(F.col("gender_raw"), gender_values=gender_values).alias("gender"),
+        clean_text(F.col("region_raw")).alias("region"),
     )
     latest = {name: F.max_by(name, F.when(F.col(name).isNotNull(), F.col("ts"))) for name in ("age", "gender", "region")}
     return prepared.groupBy("user_id").agg(
