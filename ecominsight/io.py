@@ -44,6 +44,10 @@ def check_inputs_exist(paths: list[str], *, preset: str) -> None:
 # The charsets Spark 4 decodes without `spark.sql.legacy.javaCharsets` (CSVOptions refuses the rest).
 SPARK_CHARSETS = {"ISO88591", "USASCII", "UTF16", "UTF16BE", "UTF16LE", "UTF32", "UTF8"}
 BOM = "\ufeff"
+# The CSV parser (univocity) keeps a fixed-size array of fields per line and fails the whole job on a
+# line with more; Spark's default of 20,480 lets one garbage line of commas stop a run. Past this
+# bound a line still fails the job (the array costs 8 bytes a field per reading task).
+MAX_CSV_COLUMNS = 1_000_000
 ARCHIVE_SUFFIX = ".zip"
 
 
@@ -79,6 +83,7 @@ def _read_csv(spark: SparkSession, source: Preset | TableSource, paths: list[str
         .option("header", source.header)
         .option("encoding", source.encoding)
         .option("escape", source.escape)
+        .option("maxColumns", MAX_CSV_COLUMNS)
         .option("mode", "PERMISSIVE")
         .option("columnNameOfCorruptRecord", CORRUPT)
     )
