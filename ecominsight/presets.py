@@ -221,8 +221,8 @@ def _reading(raw: dict[str, Any], where: str) -> dict[str, Any]:
     if raw["format"] == "text" and encoding.upper().replace("-", "") != "UTF8":
         raise ConfigError(f"{where}: format text reads UTF-8 only, not {encoding}")
     escape = str(raw.get("escape", '"'))
-    if len(escape) != 1 or len(str(raw.get("delimiter", ","))) != 1:
-        raise ConfigError(f"{where}: delimiter and escape are single characters (use format text with delimiter_regex)")
+    if len(escape) != 1:
+        raise ConfigError(f"{where}: escape is a single character, not {escape!r}")
     return dict(
         format=raw["format"],
         paths=tuple(str(p) for p in paths),

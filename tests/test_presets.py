@@ -1173,7 +1173,7 @@ def test_amazon_reviews(amazon_reviews, amazon_oracle_result):
     ({"format": "text"}, "format text needs delimiter_regex"),
     ({"delimiter_regex": r"\s+"}, "delimiter_regex needs format text"),
     ({"format": "text", "delimiter_regex": r"\s+", "encoding": "GBK"}, "format text reads UTF-8 only"),
-    ({"delimiter": "  "}, "delimiter and escape are single characters"),
+    ({"escape": "\\\\"}, "escape is a single character"),
     ({"timestamp": {"column": "t", "format": []}}, "timestamp.format is an empty list"),
     ({"timestamp": {"column": ["t", "u"]}}, "timestamp.column must be a single value"),
     ({"age_values": {"16-25": "young"}}, "age_values: invalid literal"),
