@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Launch an ecominsight stage (or the whole pipeline) through spark-submit.
 #
-#   ./submit.sh [--master URL] [--env local|cluster|databricks] <clean|fuse|train|score|pipeline> [--set key=value ...]
+#   ./submit.sh [--master URL] [--env local|cluster|databricks] <clean|fuse|train|score|insights|pipeline> [--set key=value ...]
 #
 # Local by default (--master local[*], --env local). On first use it creates .venv with the pinned
 # dependencies and the package itself, so that a fresh clone needs nothing else.
@@ -25,12 +25,12 @@ while [[ $# -gt 0 ]]; do
     --set) passthrough+=(--set "$2"); shift 2 ;;
     --set=*) passthrough+=(--set "${1#*=}"); shift ;;
     -h|--help) usage; exit 0 ;;
-    clean|fuse|train|score|pipeline) stage="$1"; shift ;;
+    clean|fuse|train|score|insights|pipeline) stage="$1"; shift ;;
     *) echo "submit.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
 if [[ -z "$stage" ]]; then
-  echo "submit.sh: name a stage: clean, fuse, train, score or pipeline" >&2; usage >&2; exit 2
+  echo "submit.sh: name a stage: clean, fuse, train, score, insights or pipeline" >&2; usage >&2; exit 2
 fi
 
 "$here/.ci/bootstrap" "$venv" runtime

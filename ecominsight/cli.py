@@ -80,6 +80,10 @@ def _print_outputs(lake: Lake, run_id: str, summary: dict) -> None:
     if "score" in summary:
         score = summary["score"]
         lines.append(f"  scores:  {score['path']}/score_date={score['score_date']}  ({score['users_scored']} users)")
+    if "insights" in summary:
+        insights = summary["insights"]
+        for table, path in insights["paths"].items():
+            lines.append(f"  insights: {path}  ({insights['rows'][table]} rows, score_date {insights['score_date']})")
     print("\n".join(lines))
 
 

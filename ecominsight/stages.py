@@ -17,11 +17,11 @@ from ecominsight import data_quality, schema
 from ecominsight.config import Config, ConfigError, config_to_dict
 from ecominsight.io import Lake, LakeError, read_json, read_source, staging_area, write_json
 from ecominsight.presets import Preset, load_preset
-from ecominsight.transforms import clean, fuse
+from ecominsight.transforms import clean, fuse, insights
 
 log = logging.getLogger(__name__)
 
-STAGES = ("clean", "fuse", "train", "score", "pipeline")
+STAGES = ("clean", "fuse", "train", "score", "insights", "pipeline")
 LR_MODEL, GBT_MODEL, TRANSFORMER_MODEL = "lr", "gbt", "transformer"
 
 
@@ -293,9 +293,62 @@ def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
     return summary
 
 
+INSIGHT_TABLES = ("user_profiles", "segments", "marketing_actions", "recommendations")
+
+
+def run_insights(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
+    """clean/{events,users,items} + features/current_sequences + one score_date of scores/user_scores
+    -> insights/{user_profiles,segments,marketing_actions,recommendations} + reports/<run_id>/insights.json."""
+    settings = config.insights
+    scores = lake.read(spark, "scores", "user_scores", written_by="score")
+    score_date = dt.date.fromisoformat(settings.score_date) if settings.score_date else scores.agg(F.max("score_date")).first()[0]
+    day_scores = scores.filter(F.col("score_date") == F.lit(score_date))
+    if score_date is None or day_scores.isEmpty():
+        raise LakeError(f"scores/user_scores has no rows for score_date {score_date}; run the 'score' stage for that "
+                        "day, or leave insights.score_date unset to describe the latest scores")
+    events = lake.read(spark, "clean", "events", written_by="clean")
+    items = lake.read(spark, "clean", "items", written_by="clean")
+    segment_rules = dict(propensity_bands=settings.propensity_bands, rfm_classes=settings.rfm_classes,
+                         default_rfm_class=settings.default_rfm_class)
+    profiles = insights.user_profiles(
+        events, lake.read(spark, "clean", "users", written_by="clean"), items,
+        lake.read(spark, "features", "current_sequences", written_by="fuse"), day_scores,
+        top_k=settings.top_k_interests, price_bands=settings.price_bands, **segment_rules,
+    )
+    paths = {"user_profiles": lake.write(profiles, "insights", "user_profiles")}
+    # The other tables start from the written profiles, so the profile joins run once.
+    profiles = lake.read(spark, "insights", "user_profiles", written_by="insights")
+    picks = settings.recommendations
+    day = F.lit(score_date).cast("date")
+    tables = {
+        "segments": insights.segments(profiles, **segment_rules).withColumn("score_date", day),
+        "marketing_actions": insights.marketing_actions(profiles, rules=settings.actions, default_action=settings.default_action),
+        "recommendations": insights.recommendations(
+            events, items, profiles, top_k=picks.top_k, co_occurrence_within=picks.co_occurrence_within,
+            min_co_occurrence=picks.min_co_occurrence, max_items_per_group=picks.max_items_per_group,
+            neighbours_per_item=picks.neighbours_per_item,
+        ).withColumn("score_date", day),
+    }
+    for table, frame in tables.items():
+        paths[table] = lake.write(frame, "insights", table)
+    written = {table: lake.read(spark, "insights", table, written_by="insights") for table in INSIGHT_TABLES}
+    summary = {
+        "score_date": score_date.isoformat(),
+        "rows": {table: frame.count() for table, frame in written.items()},
+        "segment_sizes": dict(sorted((r["segment"], r["users"]) for r in written["segments"].collect())),
+        "action_counts": dict(sorted((r["action"], r["count"]) for r in written["marketing_actions"].groupBy("action").count().collect())),
+        "paths": paths,
+    }
+    write_json(lake.report_dir(run_id) / "insights.json", summary)
+    log.info("insights: %d users profiled for %s, actions %s", summary["rows"]["user_profiles"], score_date,
+             summary["action_counts"])
+    return summary
+
+
 def run_stage(stage: str, spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
     """Run one stage, or all of them in order for `pipeline`."""
-    runners = {"clean": run_clean, "fuse": run_fuse, "train": run_train, "score": run_score}
+    runners = {"clean": run_clean, "fuse": run_fuse, "train": run_train, "score": run_score,
+               "insights": run_insights}
     if stage == "pipeline":
         return {name: runner(spark, config, lake, run_id) for name, runner in runners.items()}
     if stage not in runners:

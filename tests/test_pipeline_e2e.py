@@ -110,3 +110,30 @@ def test_rescoring_a_day_replaces_only_that_day(pipeline_run):
     n = summary["score"]["users_scored"]
     assert per_day == {"2011-12-10": n, "2011-12-11": n}
     assert len(fuse.NUMERIC_FEATURES) == 20
+
+
+
+def test_insight_tables_cover_every_scored_user_once(pipeline_run):
+    spark, config, lake, summary = pipeline_run
+    report, n = summary["insights"], summary["score"]["users_scored"]
+    assert report["score_date"] == summary["score"]["score_date"]
+    tables = {name: lake.read(spark, "insights", name, written_by="insights")
+              for name in ("user_profiles", "segments", "marketing_actions", "recommendations")}
+    profiles, segments, actions, recommended = tables.values()
+    assert profiles.count() == profiles.select("user_id").distinct().count() == n == report["rows"]["user_profiles"]
+    assert {r["propensity_decile"] for r in profiles.select("propensity_decile").distinct().collect()} == set(range(1, 11))
+    # Online Retail has titles but no categories: interests are titles.
+    assert {r["kind"] for r in profiles.select(F.explode("top_categories.kind").alias("kind")).distinct().collect()} == {"title"}
+    assert segments.agg(F.sum("users")).first()[0] == n
+    assert report["segment_sizes"] == {r["segment"]: r["users"] for r in segments.collect()}
+    assert actions.count() == actions.select("user_id").distinct().count() == n == sum(report["action_counts"].values())
+    assert actions.filter(F.col("reason").isNull()).count() == 0
+    per_user = recommended.groupBy("user_id").count()
+    assert 0 < per_user.agg(F.max("count")).first()[0] <= config.insights.recommendations.top_k
+    assert recommended.join(profiles, "user_id", "left_anti").count() == 0
+    bought = lake.read(spark, "clean", "events", written_by="clean").filter(F.col("event_type") == "purchase")
+    assert recommended.join(bought, ["user_id", "item_id"], "left_semi").count() == 0
+    ((with_interests,),) = duckdb.sql(f"SELECT count(*) FROM read_parquet('{lake.table_path('insights', 'user_profiles')}/*.parquet') "
+                                      "WHERE len(top_categories) > 0").fetchall()
+    assert with_interests == n
+    assert read_json(lake.report_dir("e2e") / "insights.json") == report
