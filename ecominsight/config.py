@@ -98,7 +98,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    score_date: str | None = None  # ISO date; None: today (UTC)
+    score_date: str | None = None  # ISO date; None: the scoring table's as_of day
+    mode: str = "full"  # full: rescore everyone; incremental: only users with new events
     model_version: str = "latest"
     batch_size: int = 32
     torch_threads: int = 1
@@ -214,6 +215,7 @@ class Config:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "fuse.label_mode": ("window", "given"),
     "fuse.population": ("purchasers", "any_event"),
+    "score.mode": ("full", "incremental"),
     "insights.recommendations.co_occurrence_within": ("user", "basket"),
 }
 _POSITIVE: tuple[str, ...] = (

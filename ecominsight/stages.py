@@ -259,12 +259,28 @@ def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
     return summary
 
 
+SCORE_COLUMNS = ("user_id", "probability", "baseline_probability", "model_version", "baseline_model_version",
+                 "last_event_ts")
+
+
+def _latest_scores(spark: SparkSession, lake: Lake, *, on_or_before: dt.date) -> DataFrame | None:
+    """The newest complete score partition up to `on_or_before`, or None."""
+    if not lake.exists("scores", "user_scores"):
+        return None
+    scores = lake.read(spark, "scores", "user_scores", written_by="score")
+    latest = scores.filter(F.col("score_date") <= F.lit(on_or_before)).agg(F.max("score_date")).first()[0]
+    return None if latest is None else scores.filter(F.col("score_date") == F.lit(latest)).select(*SCORE_COLUMNS)
+
+
 def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
-    """features/current_sequences + models -> scores/user_scores/score_date=<day>/ (every user, once)."""
+    """features/current_sequences + models -> scores/user_scores/score_date=<day>/ (every user, once).
+
+    `score.mode=full` rescores everyone; `incremental` rescores only users with events newer than
+    their last score (or a new model) and carries the other rows forward into the day's partition."""
     from pyspark.ml import PipelineModel
 
     from ecominsight.models import baseline, registry
-    from ecominsight.models.scoring import transformer_probability
+    from ecominsight.models.scoring import carried_scores, transformer_probability, users_to_rescore, with_score_decile
 
     settings = config.score
     version = registry.resolve_version(lake, TRANSFORMER_MODEL, settings.model_version)
@@ -274,22 +290,42 @@ def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
     as_of = current.agg(F.max("as_of")).first()[0]
     score_date = dt.date.fromisoformat(settings.score_date) if settings.score_date else as_of
 
+    previous = _latest_scores(spark, lake, on_or_before=score_date) if settings.mode == "incremental" else None
+    if previous is not None:
+        # Cut the lineage: the day's partition may be the one this run overwrites.
+        previous = previous.localCheckpoint(eager=True)
+        to_score = users_to_rescore(current, previous, model_version=version)
+        carried = carried_scores(current, previous, to_score)
+    else:
+        to_score, carried = current, None
+
     lr_model = PipelineModel.load(str(lake.model_dir(LR_MODEL, lr_version) / "spark_model"))
-    scored = baseline.with_probability(lr_model, current).select(
+    # Similar lengths side by side: each predict batch then pads to a near-equal length.
+    to_score = to_score.sortWithinPartitions(F.length("text"))
+    scored = baseline.with_probability(lr_model, to_score).select(
         "user_id",
         transformer_probability(F.col("text"), str(model_dir), batch_size=settings.batch_size,
                                 torch_threads=settings.torch_threads).alias("probability"),
         "baseline_probability",
         F.lit(version).alias("model_version"),
         F.lit(lr_version).alias("baseline_model_version"),
-        F.lit(score_date).cast("date").alias("score_date"),
+        "last_event_ts",
     )
-    path = lake.write(scored, "scores", "user_scores", partition_by=["score_date"])
+    day = scored if carried is None else scored.unionByName(carried)
+    # Materialise once: the model runs a single time, then the deciles and the write reuse it.
+    day = day.localCheckpoint(eager=True)
+    n_rescored = scored.count() if carried is not None else None
+    cut_points = day.approxQuantile("probability", [i / 10 for i in range(1, 10)], 1e-4)
+    final = with_score_decile(day, cut_points=cut_points).withColumn("score_date", F.lit(score_date).cast("date"))
+    path = lake.write(final.select(*SCORE_COLUMNS, "score_decile", "score_date"), "scores", "user_scores",
+                      partition_by=["score_date"])
     n_scored = lake.read(spark, "scores", "user_scores", written_by="score").filter(F.col("score_date") == F.lit(score_date)).count()
     summary = {"model_version": version, "baseline_model_version": lr_version, "score_date": score_date.isoformat(),
-               "users_scored": n_scored, "path": path}
+               "mode": settings.mode, "users_scored": n_scored, "users_rescored": n_rescored if n_rescored is not None else n_scored,
+               "path": path}
     write_json(lake.report_dir(run_id) / "score.json", summary)
-    log.info("score: %d users scored for %s with model %s", n_scored, score_date, version)
+    log.info("score: %d users in %s (%s rescored, %s mode) with model %s", n_scored, score_date,
+             summary["users_rescored"], settings.mode, version)
     return summary
 
 

@@ -112,6 +112,19 @@ def test_rescoring_a_day_replaces_only_that_day(pipeline_run):
     assert len(fuse.NUMERIC_FEATURES) == 20
 
 
+def test_incremental_rescore_of_an_unchanged_day_reuses_every_row(pipeline_run):
+    spark, config, lake, summary = pipeline_run
+    day = summary["score"]["score_date"]
+    scores_path = lake.table_path("scores", "user_scores")
+    before = sorted(spark.read.parquet(scores_path).filter(F.col("score_date") == day).collect())
+    incremental = load_config("local", [f"lake={lake.root}", "score.mode=incremental", f"score.score_date={day}"])
+    result = run_score(spark, incremental, lake, "e2e-incremental")
+    assert result["users_rescored"] == 0 and result["users_scored"] == len(before)
+    after = sorted(spark.read.parquet(scores_path).filter(F.col("score_date") == day).collect())
+    assert after == before  # idempotent: the same inputs give the same rows
+    deciles = {r["score_decile"] for r in after}
+    assert deciles == set(range(1, 11))
+
 
 def test_insight_tables_cover_every_scored_user_once(pipeline_run):
     spark, config, lake, summary = pipeline_run
