@@ -314,7 +314,8 @@ def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
     day = scored if carried is None else scored.unionByName(carried)
     # Materialise once: the model runs a single time, then the deciles and the write reuse it.
     day = day.localCheckpoint(eager=True)
-    n_rescored = scored.count() if carried is not None else None
+    # Counted from the materialised day, not from `scored`: counting that would run the model again.
+    n_rescored = day.count() - carried.count() if carried is not None else None
     cut_points = day.approxQuantile("probability", [i / 10 for i in range(1, 10)], 1e-4)
     final = with_score_decile(day, cut_points=cut_points).withColumn("score_date", F.lit(score_date).cast("date"))
     path = lake.write(final.select(*SCORE_COLUMNS, "score_decile", "score_date"), "scores", "user_scores",
