@@ -47,6 +47,7 @@ class FuseConfig:
     horizon_days: int = 90
     population: str = "purchasers"  # users in the training table: purchasers | any_event
     max_events: int = 64  # most recent events kept in the text sequence
+    review_max_words: int = 40  # words of each review kept in the text (sources with reviews)
     split_seed: int = 17
     valid_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -221,6 +222,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 _POSITIVE: tuple[str, ...] = (
     "fuse.horizon_days",
     "fuse.max_events",
+    "fuse.review_max_words",
     "train.logistic_regression.max_iter",
     "train.gradient_boosted_trees.max_depth",
     "train.gradient_boosted_trees.max_iter",

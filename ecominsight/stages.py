@@ -137,25 +137,28 @@ def run_fuse(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> di
     items = lake.read(spark, "clean", "items", written_by="clean")
     settings = config.fuse
     data_end = _latest_event_day(events) + dt.timedelta(days=1)
+    # Review text joins the sequence where the source has reviews.
+    text_sources = dict(max_events=settings.max_events, review_max_words=settings.review_max_words,
+                        reviews=lake.read(spark, "clean", "reviews", written_by="clean") if lake.exists("clean", "reviews") else None)
 
     if settings.label_mode == "given":
         if not lake.exists("clean", "labels"):
             raise ConfigError("fuse.label_mode=given, but the source preset has no label column (clean/labels is missing)")
         labels = lake.read(spark, "clean", "labels", written_by="clean")
         cutoff = data_end
-        training = fuse.fuse_user_sequences(events, users, items, as_of=cutoff, max_events=settings.max_events,
-                                            population="any_event", labels=labels)
+        training = fuse.fuse_user_sequences(events, users, items, as_of=cutoff, population="any_event", labels=labels,
+                                            **text_sources)
         training = training.join(labels.select("user_id"), "user_id", "left_semi")
     else:
         cutoff = (dt.date.fromisoformat(settings.cutoff) if settings.cutoff
                   else data_end - dt.timedelta(days=settings.horizon_days))
         labels = fuse.point_in_time_labels(events, cutoff=cutoff, horizon_days=settings.horizon_days)
-        training = fuse.fuse_user_sequences(events, users, items, as_of=cutoff, max_events=settings.max_events,
-                                            population=settings.population, labels=labels)
+        training = fuse.fuse_user_sequences(events, users, items, as_of=cutoff, population=settings.population,
+                                            labels=labels, **text_sources)
     training = fuse.assign_split(training, seed=settings.split_seed, valid_fraction=settings.valid_fraction,
                                  test_fraction=settings.test_fraction)
-    current = fuse.fuse_user_sequences(events, users, items, as_of=data_end, max_events=settings.max_events,
-                                       population="any_event", labels=None)
+    current = fuse.fuse_user_sequences(events, users, items, as_of=data_end, population="any_event", labels=None,
+                                       **text_sources)
     lake.write(training, "features", "user_sequences")
     lake.write(current, "features", "current_sequences")
 

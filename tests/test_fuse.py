@@ -88,6 +88,24 @@ def test_text_keeps_the_most_recent_events_in_time_order(tables):
     assert a["n_events_in_text"] == 2
 
 
+def test_reviews_join_the_text_in_time_order_before_the_cutoff_only(tables, spark):
+    events, users, items = tables
+    reviews = spark.createDataFrame([
+        ("a", "i1", dt.datetime(2020, 1, 5), 4.0, "lovely mug but the handle is small and it chips", "unit"),
+        ("b", "i1", dt.datetime(2020, 2, 2), None, "好用", "unit"),
+        ("a", "i2", dt.datetime(2020, 3, 2), 1.0, "written after the cutoff", "unit"),
+    ], schema.REVIEWS)
+    fused = fuse.fuse_user_sequences(events, users, items, as_of=CUTOFF, max_events=3, reviews=reviews,
+                                     review_max_words=4)
+    rows = {r["user_id"]: r for r in fused.collect()}
+    # The review sits between the January purchase and the February one; the window of the three most
+    # recent entries counts it as an event of the text.
+    assert rows["a"]["text"] == ("age 30 | gender F | region Leeds [SEP] 01-01 purchase Red Mug x2 10.00 ; "
+                                 "01-05 review 4 stars lovely mug but the ; 02-20 purchase Blue Pot 5.00")
+    assert rows["b"]["text"] == "02-01 search 笔记本电脑 ; 02-02 review 好用 ; 02-29 cart Red Mug 10.00"
+    assert "after the cutoff" not in " ".join(r["text"] for r in rows.values())
+
+
 def test_scoring_table_has_everyone_and_no_label(tables):
     events, users, items = tables
     current = fuse.fuse_user_sequences(events, users, items, as_of=dt.date(2020, 7, 1), max_events=5, labels=None)

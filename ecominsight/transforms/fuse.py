@@ -90,10 +90,22 @@ def event_phrase(events_with_items: DataFrame) -> Column:
     return F.concat_ws(" ", F.date_format("ts", "MM-dd"), F.col("event_type"), what, quantity, price)
 
 
-def user_behaviour_text(events: DataFrame, items: DataFrame, *, as_of: dt.date | None, max_events: int) -> DataFrame:
+def review_phrase(reviews: DataFrame, *, max_words: int) -> Column:
+    """One review as a phrase, e.g. `03-14 review 4 stars fits well but the colour is off`; the
+    text is cut to its first `max_words` words so one long review cannot crowd out the behaviour."""
+    stars = F.when(F.col("rating").isNotNull(), F.concat(F.col("rating").cast("int").cast("string"), F.lit(" stars")))
+    words = F.split(F.trim(F.coalesce(F.col("text"), F.lit(""))), r"\s+")
+    cut = F.array_join(F.slice(words, 1, int(max_words)), " ")
+    return F.concat_ws(" ", F.date_format("ts", "MM-dd"), F.lit("review"), stars, F.when(cut != "", cut))
+
+
+def user_behaviour_text(events: DataFrame, items: DataFrame, *, as_of: dt.date | None, max_events: int,
+                        reviews: DataFrame | None = None, review_max_words: int = 40) -> DataFrame:
     """The time-ordered behaviour text per user, most recent `max_events` kept.
 
-    Input: canonical events and items. Output: user_id, behaviour (string), n_events_in_text.
+    Input: canonical events and items, and optionally canonical reviews, whose phrases interleave
+    with the events by time (a review is an event of the text). Output: user_id, behaviour (string),
+    n_events_in_text.
     """
     history = events if as_of is None else events_before(events, as_of=as_of)
     titled = history.join(
@@ -103,6 +115,12 @@ def user_behaviour_text(events: DataFrame, items: DataFrame, *, as_of: dt.date |
         "user_id",
         F.struct(F.col("ts"), F.coalesce(F.col("item_id"), F.lit("")).alias("item_id"), event_phrase(titled).alias("phrase")).alias("e"),
     )
+    if reviews is not None:
+        written = reviews if as_of is None else events_before(reviews, as_of=as_of)
+        phrases = phrases.unionByName(written.select(
+            "user_id",
+            F.struct(F.col("ts"), F.col("item_id"), review_phrase(written, max_words=review_max_words).alias("phrase")).alias("e"),
+        ))
     ordered = phrases.groupBy("user_id").agg(F.sort_array(F.collect_list("e")).alias("events"))
     recent = F.expr(f"slice(events, greatest(size(events) - {int(max_events)} + 1, 1), {int(max_events)})")
     return ordered.select(
@@ -149,20 +167,24 @@ def fuse_user_sequences(
     max_events: int,
     population: str = "any_event",
     labels: DataFrame | None = None,
+    reviews: DataFrame | None = None,
+    review_max_words: int = 40,
 ) -> DataFrame:
     """One row per user: `text` (attributes [SEP] behaviour), numeric features, `label`, `as_of`.
 
     Features use events strictly before `as_of`. `population`: `any_event` keeps every user with
     an event before `as_of` (plus users known only from the users table); `purchasers` keeps those
     with a purchase before it. `labels` (user_id, label) joins as given; users without one get 0.
-    With `labels=None` the label column is null (a scoring table).
+    With `labels=None` the label column is null (a scoring table). `reviews` (canonical, optional)
+    written before `as_of` join the text beside the events.
     """
     features = user_numeric_features(events, as_of=as_of)
     if population == "purchasers":
         base = features.filter(F.col("n_purchase") > 0).select("user_id")
     else:
         base = features.select("user_id").unionByName(users.select("user_id")).distinct()
-    text = user_behaviour_text(events, items, as_of=as_of, max_events=max_events)
+    text = user_behaviour_text(events, items, as_of=as_of, max_events=max_events, reviews=reviews,
+                               review_max_words=review_max_words)
     fused = (
         base.join(features, "user_id", "left")
         .join(text, "user_id", "left")
