@@ -22,7 +22,8 @@ log = logging.getLogger("ecominsight")
 
 
 def _parser(stage: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ecominsight", description="ecominsight batch jobs")
+    parser = argparse.ArgumentParser(prog=f"ecominsight-{stage}" if stage else "ecominsight",
+                                     description="ecominsight batch jobs")
     if stage is None:
         parser.add_argument("stage", choices=STAGES, help="the stage to run; 'pipeline' runs all in order")
     parser.add_argument("--env", default=os.environ.get("ECOMINSIGHT_ENV", "local"),
@@ -57,7 +58,8 @@ def main(stage: str | None = None, argv: list[str] | None = None) -> int:
     from ecominsight.session import get_spark
 
     lake = Lake(config.lake_path)
-    spark, created = get_spark(config.spark.app_name, config.spark.master, config.spark.conf)
+    spark, created = get_spark(config.spark.app_name, config.spark.master, config.spark.conf,
+                               embedded_metastore=config.warehouse.embedded_metastore)
     try:
         summary = run_stage(stage, spark, config, lake, run_id)
     except (ConfigError, LakeError, ModelPathError, AccountingError) as err:

@@ -20,7 +20,18 @@ import yaml
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONF_DIR = Path(os.environ.get("ECOMINSIGHT_CONF_DIR", PROJECT_ROOT / "conf"))
+
+
+def _default_conf_dir() -> Path:
+    """$ECOMINSIGHT_CONF_DIR, else the checkout's conf/, else the copy an installed wheel carries
+    (setup.py packs conf/ into ecominsight/conf for Databricks and cluster environments)."""
+    if os.environ.get("ECOMINSIGHT_CONF_DIR"):
+        return Path(os.environ["ECOMINSIGHT_CONF_DIR"])
+    checkout = PROJECT_ROOT / "conf"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "conf"
+
+
+DEFAULT_CONF_DIR = _default_conf_dir()
 
 
 class ConfigError(ValueError):
@@ -196,6 +207,15 @@ class InsightsConfig:
 
 
 @dataclass(frozen=True)
+class WarehouseConfig:
+    database: str = "ecominsight"  # the metastore database the `register` stage creates tables in
+    # A directory: start Spark with Hive support and an embedded Derby metastore kept there (a
+    # single-machine warehouse). None: use the session's own catalog (a cluster's hive-site.xml,
+    # Databricks' Unity Catalog / Hive metastore).
+    embedded_metastore: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     env: str = "local"
     lake: str = "lake"
@@ -206,6 +226,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     insights: InsightsConfig = field(default_factory=InsightsConfig)
+    warehouse: WarehouseConfig = field(default_factory=WarehouseConfig)
 
     @property
     def lake_path(self) -> Path:
@@ -381,6 +402,9 @@ def _validate_ranges(config: Config) -> None:
     if not 0 < config.train.transformer.learning_rate < 1:
         raise ConfigError("train.transformer.learning_rate: must lie in (0, 1)")
     _validate_insights(config.insights)
+    # The database name is spliced into SQL identifiers: letters, digits and underscores only.
+    if not config.warehouse.database.replace("_", "").isalnum() or not config.warehouse.database.isascii():
+        raise ConfigError(f"warehouse.database: {config.warehouse.database!r} must be letters, digits and underscores")
 
 
 def _check_bounds(key: str, rule: Any, names: tuple[str, ...], low: int, high: int) -> None:
