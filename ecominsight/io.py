@@ -227,6 +227,14 @@ class Lake:
     def exists(self, zone: str, table: str) -> bool:
         return Path(self.table_path(zone, table)).exists()
 
+    def tables(self, zone: str) -> list[str]:
+        """The tables written in a zone (folders holding Parquet data), sorted by name."""
+        folder = self.root / zone
+        if not folder.is_dir():
+            return []
+        return sorted(child.name for child in folder.iterdir()
+                      if child.is_dir() and not child.name.startswith(("_", ".")) and next(child.rglob("*.parquet"), None))
+
     def drop(self, zone: str, table: str) -> None:
         """Remove a table if it exists (a table a run does not produce must not outlive it)."""
         path = Path(self.table_path(zone, table))

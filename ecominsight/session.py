@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Mapping
 
 from pyspark.sql import SparkSession
@@ -20,16 +21,37 @@ REQUIRED_SQL_CONF = {
 }
 
 
+def embedded_metastore_conf(directory: str | Path) -> dict[str, str]:
+    """Settings for Hive support with an embedded Derby metastore (and its warehouse) in `directory`:
+    a single-machine warehouse whose tables outlive the session."""
+    root = Path(directory).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return {
+        "spark.sql.catalogImplementation": "hive",
+        "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={root / 'metastore_db'};create=true",
+        "spark.sql.warehouse.dir": str(root / "warehouse"),
+        # Derby writes derby.log into its system home; keep it beside the metastore, not in the cwd.
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={root}",
+    }
+
+
 def get_spark(app_name: str = "ecominsight", master: str | None = None,
-              conf: Mapping[str, str] | None = None) -> tuple[SparkSession, bool]:
+              conf: Mapping[str, str] | None = None, *,
+              embedded_metastore: str | Path | None = None) -> tuple[SparkSession, bool]:
     """Return `(session, created)`: the active session if there is one (Databricks, a notebook,
-    spark-submit's), else a new one. Only the caller that created a session may stop it."""
+    spark-submit's), else a new one. Only the caller that created a session may stop it.
+    `embedded_metastore`: a directory for a local Hive metastore (new sessions only)."""
     active = SparkSession.getActiveSession()
     if active is not None:
         for key, value in REQUIRED_SQL_CONF.items():
             active.conf.set(key, value)
+        if embedded_metastore is not None:
+            log.warning("warehouse.embedded_metastore is ignored: the active session brings its own catalog (%s)",
+                        active.conf.get("spark.sql.catalogImplementation", "in-memory"))
         log.info("using the active SparkSession (master %s)", active.sparkContext.master)
         return active, False
+    if embedded_metastore is not None:
+        conf = {**embedded_metastore_conf(embedded_metastore), **(conf or {})}
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # Python workers must run the interpreter that has our dependencies, not whatever is on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

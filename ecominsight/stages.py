@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from pathlib import Path
 from typing import Any
 
 from pyspark import StorageLevel
@@ -21,7 +22,7 @@ from ecominsight.transforms import clean, fuse, insights
 
 log = logging.getLogger(__name__)
 
-STAGES = ("clean", "fuse", "train", "score", "insights", "pipeline")
+STAGES = ("clean", "fuse", "train", "score", "insights", "pipeline", "register")
 LR_MODEL, GBT_MODEL, TRANSFORMER_MODEL = "lr", "gbt", "transformer"
 
 
@@ -385,12 +386,56 @@ def run_insights(spark: SparkSession, config: Config, lake: Lake, run_id: str) -
     return summary
 
 
+WAREHOUSE_ZONES = ("clean", "quarantine", "features", "scores", "insights")
+
+
+def warehouse_table_name(zone: str, table: str) -> str:
+    """The metastore name of a lake table: `<zone>_<table>` (clean_events, scores_user_scores, ...)."""
+    return f"{zone}_{table}"
+
+
+def run_register(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
+    """Every lake table -> an external Parquet table `<database>.<zone>_<table>` in the session's
+    metastore, partitions recovered, so that a warehouse (Spark SQL, Databricks SQL, Hive) queries it.
+
+    Tables are dropped and re-created on each run (external: the data stays), so a registered schema
+    never lags behind the lake's; the lake stays the source of truth."""
+    database = config.warehouse.database
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    registered: dict[str, dict[str, Any]] = {}
+    for zone in WAREHOUSE_ZONES:
+        for table in lake.tables(zone):
+            name = f"`{database}`.`{warehouse_table_name(zone, table)}`"
+            location = Path(lake.table_path(zone, table)).resolve().as_uri()
+            spark.sql(f"DROP TABLE IF EXISTS {name}")
+            spark.sql(f"CREATE TABLE {name} USING parquet LOCATION '{location}'")
+            partitions = [c.name for c in spark.catalog.listColumns(warehouse_table_name(zone, table), database)
+                          if c.isPartition]
+            if partitions:
+                # The metastore tracks partitions of a partitioned table itself; add the ones on disk.
+                spark.sql(f"ALTER TABLE {name} RECOVER PARTITIONS")
+            registered[warehouse_table_name(zone, table)] = {"location": location, "partitioned_by": partitions}
+    if not registered:
+        raise LakeError(f"the lake at {lake.root} holds no tables to register; run the pipeline first")
+    catalog = spark.conf.get("spark.sql.catalogImplementation", "in-memory")
+    if catalog != "hive":
+        log.warning("register: the session's catalog is %r, so the tables live only as long as this session; "
+                    "set warehouse.embedded_metastore or run where a metastore is configured", catalog)
+    summary = {"database": database, "catalog": catalog, "tables": registered}
+    write_json(lake.report_dir(run_id) / "register.json", summary)
+    log.info("register: %d tables in %s (%s catalog): %s", len(registered), database, catalog, ", ".join(registered))
+    return summary
+
+
 def run_stage(stage: str, spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
-    """Run one stage, or all of them in order for `pipeline`."""
+    """Run one stage, or all of them in order for `pipeline` (which does not `register`: a
+    warehouse is optional, and registering is cheap to run after it)."""
     runners = {"clean": run_clean, "fuse": run_fuse, "train": run_train, "score": run_score,
                "insights": run_insights}
     if stage == "pipeline":
         return {name: runner(spark, config, lake, run_id) for name, runner in runners.items()}
+    if stage == "register":
+        return {stage: run_register(spark, config, lake, run_id)}
     if stage not in runners:
         raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     return {stage: runners[stage](spark, config, lake, run_id)}

@@ -54,3 +54,21 @@ def tiny_encoder(tmp_path_factory) -> str:
     BertForSequenceClassification(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
     return str(target)
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(spark, tiny_encoder, tmp_path_factory):
+    """The whole pipeline once on the bundled sample with the tiny encoder, shared by the tests that
+    read a real run's lake: (spark, config, lake, summary). Tests that change the lake copy it first."""
+    from ecominsight.config import load_config
+    from ecominsight.io import Lake
+    from ecominsight.stages import run_stage
+
+    lake_root = tmp_path_factory.mktemp("lake")
+    config = load_config("local", [
+        f"lake={lake_root}", f"train.transformer.pretrained={tiny_encoder}", "train.transformer.epochs=1",
+        "train.transformer.num_processes=1", "train.transformer.max_length=64", "fuse.max_events=16",
+    ])
+    lake = Lake(config.lake_path)
+    summary = run_stage("pipeline", spark, config, lake, "e2e")
+    return spark, config, lake, summary

@@ -11,21 +11,9 @@ import pytest
 from pyspark.sql import functions as F
 
 from ecominsight.config import load_config
-from ecominsight.io import Lake, read_json
-from ecominsight.stages import run_score, run_stage
+from ecominsight.io import read_json
+from ecominsight.stages import run_score
 from ecominsight.transforms import fuse
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(spark, tiny_encoder, tmp_path_factory):
-    lake_root = tmp_path_factory.mktemp("lake")
-    config = load_config("local", [
-        f"lake={lake_root}", f"train.transformer.pretrained={tiny_encoder}", "train.transformer.epochs=1",
-        "train.transformer.num_processes=1", "train.transformer.max_length=64", "fuse.max_events=16",
-    ])
-    lake = Lake(config.lake_path)
-    summary = run_stage("pipeline", spark, config, lake, "e2e")
-    return spark, config, lake, summary
 
 
 def test_clean_accounts_for_every_input_row(pipeline_run):
