@@ -58,16 +58,23 @@ def main(stage: str | None = None, argv: list[str] | None = None) -> int:
     from ecominsight.session import get_spark
 
     lake = Lake(config.lake_path)
-    spark, created = get_spark(config.spark.app_name, config.spark.master, config.spark.conf,
-                               embedded_metastore=config.warehouse.embedded_metastore)
     try:
-        summary = run_stage(stage, spark, config, lake, run_id)
+        # Locked before Spark starts, so that a second run on the same lake is refused at once.
+        with lake.lock(f"ecominsight {stage} (run {run_id})"):
+            spark, created = get_spark(config.spark.app_name, config.spark.master, config.spark.conf,
+                                       embedded_metastore=config.warehouse.embedded_metastore)
+            try:
+                summary = run_stage(stage, spark, config, lake, run_id)
+            finally:
+                if created:
+                    spark.stop()
     except (ConfigError, LakeError, ModelPathError, AccountingError) as err:
         log.error("%s failed: %s", stage, err)
         return 2
-    finally:
-        if created:
-            spark.stop()
+    except OSError as err:  # the lake path is not writable, the disk is full, ...
+        log.error("%s failed: cannot use %s under the lake %s: %s", stage, err.filename or "a path", lake.root,
+                  err.strerror or err)
+        return 2
     _print_outputs(lake, run_id, summary)
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import yaml
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 def _default_conf_dir() -> Path:
@@ -402,6 +404,9 @@ def _validate_ranges(config: Config) -> None:
     if not 0 < config.train.transformer.learning_rate < 1:
         raise ConfigError("train.transformer.learning_rate: must lie in (0, 1)")
     _validate_insights(config.insights)
+    # The run id names a folder under reports/: it must not climb out of the lake.
+    if config.run_id is not None and not _RUN_ID.fullmatch(config.run_id):
+        raise ConfigError(f"run_id: {config.run_id!r} must be letters, digits, '.', '_', ':' or '-' (no path separators)")
     # The database name is spliced into SQL identifiers: letters, digits and underscores only.
     if not config.warehouse.database.replace("_", "").isalnum() or not config.warehouse.database.isascii():
         raise ConfigError(f"warehouse.database: {config.warehouse.database!r} must be letters, digits and underscores")

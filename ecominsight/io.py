@@ -8,7 +8,10 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
+import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
@@ -184,6 +187,10 @@ def _extract(archive: Path, root: Path) -> list[str]:
     return extracted
 
 
+# Folders of a zone that are not tables: a write in progress, and the table it replaces.
+STAGED_PREFIX, RETIRED_PREFIX = "_staged-", "_retired-"
+
+
 class Lake:
     """Paths of the lake zones (see DESIGN.md, "Lake layout") and table I/O on them."""
 
@@ -207,25 +214,91 @@ class Lake:
         """Write a table as Parquet. Partitioned tables use dynamic partition overwrite, so a
         re-run replaces exactly the partitions it recomputes; others are replaced whole."""
         path = self.table_path(zone, table)
+        self._recover(zone, table)
         if partition_by:
             # One task per partition value: one file per partition instead of one per (task, value).
+            # Spark stages the files and moves each partition in only when the job commits.
             writer = df.repartition(*partition_by).write.mode("overwrite")
-            writer = writer.option("partitionOverwriteMode", "dynamic").partitionBy(*partition_by)
+            writer.option("partitionOverwriteMode", "dynamic").partitionBy(*partition_by).parquet(path)
         else:
-            writer = df.write.mode("overwrite")
-        writer.parquet(path)
+            # Written beside the table, then swapped in by two renames: a run killed mid-write leaves
+            # the previous table whole (Spark's own overwrite deletes it before writing the new one).
+            staged = self.root / zone / f"{STAGED_PREFIX}{table}-{uuid.uuid4().hex[:8]}"
+            df.write.parquet(str(staged))
+            self._swap_in(staged, zone, table)
         log.info("wrote %s/%s to %s", zone, table, path)
         return path
+
+    def _swap_in(self, staged: Path, zone: str, table: str) -> None:
+        target = Path(self.table_path(zone, table))
+        retired = target.with_name(f"{RETIRED_PREFIX}{table}-{staged.name.rsplit('-', 1)[-1]}")
+        if target.exists():
+            os.rename(target, retired)
+        os.rename(staged, target)
+        shutil.rmtree(retired, ignore_errors=True)
+
+    def _recover(self, zone: str, table: str) -> None:
+        """Finish or undo a swap that a killed run left half done: a table missing beside its retired
+        copy gets that copy back; staged copies of unfinished writes are removed."""
+        folder, target = self.root / zone, Path(self.table_path(zone, table))
+        if not folder.is_dir():
+            return
+        retired = sorted(folder.glob(f"{RETIRED_PREFIX}{table}-*"), key=lambda p: p.stat().st_mtime)
+        if retired and not target.exists():
+            os.rename(retired[-1], target)
+            log.warning("restored %s/%s from %s: a previous run stopped while swapping it in", zone, table, retired[-1].name)
+            retired = retired[:-1]
+        # Spark's own staging folder of a partitioned write that never committed (readers skip it).
+        leftovers = [*retired, *folder.glob(f"{STAGED_PREFIX}{table}-*"), *target.glob(".spark-staging-*")]
+        for leftover in leftovers:
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def read(self, spark: SparkSession, zone: str, table: str, *, written_by: str) -> DataFrame:
         """Read a lake table, or say which stage must run first."""
         path = self.table_path(zone, table)
+        self._recover(zone, table)
         if _is_local(path) and not Path(path).exists():
             raise LakeError(f"lake table {zone}/{table} is missing at {path}; run the {written_by!r} stage first")
         return spark.read.parquet(path)
 
     def exists(self, zone: str, table: str) -> bool:
+        self._recover(zone, table)
         return Path(self.table_path(zone, table)).exists()
+
+    @contextlib.contextmanager
+    def lock(self, holder: str) -> Iterator[None]:
+        """Hold the lake's write lock for the duration: a second run on the same lake refuses to
+        start (LakeError naming the holder) instead of mixing its partitions with the first's.
+        A lock left by a process that no longer runs on this host is taken over."""
+        path = self.root / "_lock"
+        self.root.mkdir(parents=True, exist_ok=True)
+        mine = {"holder": holder, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                other = _read_lock(path)
+                # Unreadable and fresh: the holder is writing it this instant.
+                fresh = other is None and time.time() - path.stat().st_mtime < 10
+                if fresh or (other is not None and _holder_alive(other)):
+                    other = other or {"holder": "a run starting now"}
+                    raise LakeError(
+                        f"the lake {self.root} is in use by {other.get('holder')} (pid {other.get('pid')} on "
+                        f"{other.get('host')}, since {time.ctime(other.get('since', 0))}); wait for it to finish, "
+                        f"or remove {path} if that run is known to be dead") from None
+                log.warning("taking over the lake lock %s from a run that is gone: %s", path, other)
+                path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(mine, handle)
+            break
+        else:
+            raise LakeError(f"could not take the lake lock {path}: another run keeps taking it")
+        try:
+            yield
+        finally:
+            if _read_lock(path) == mine:
+                path.unlink(missing_ok=True)
 
     def tables(self, zone: str) -> list[str]:
         """The tables written in a zone (folders holding Parquet data), sorted by name."""
@@ -241,6 +314,26 @@ class Lake:
         if path.exists():
             shutil.rmtree(path)
             log.info("removed %s/%s from %s", zone, table, path)
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # vanished, or half-written by a holder killed while writing it
+
+
+def _holder_alive(lock: dict[str, Any]) -> bool:
+    """True unless the lock's process is known to be gone (same host, no such pid)."""
+    if lock.get("host") != socket.gethostname():
+        return True  # another machine: cannot tell, so never steal it
+    try:
+        os.kill(int(lock.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError):
+        return True
+    return True
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -1,0 +1,139 @@
+"""Faults injected for real: a driver SIGKILLed in the middle of writing a lake table, a second run
+on a lake that is in use, and a lake path that cannot be written. Each test says what it injected
+and what it checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ecominsight.io import Lake, LakeError
+
+REPO = Path(__file__).resolve().parent.parent
+ROWS = 4_000
+
+
+def probe_rows(spark, version: str, seconds_per_partition: float):
+    """`ROWS` rows tagged `version` in 8 partitions, each taking about the given time to compute."""
+    from pyspark.sql import functions as F
+
+    @F.udf("string")
+    def slow(tag: str) -> str:
+        time.sleep(seconds_per_partition / (ROWS / 8))
+        return tag
+
+    return spark.range(ROWS, numPartitions=8).select(
+        "id", slow(F.lit(version)).alias("version"), (F.col("id") % 2).cast("string").alias("day"))
+
+
+def write_version(lake_root: str, zone: str, version: str, seconds_per_partition: str = "0", spark=None) -> None:
+    """Write the probe rows to <zone>/probe as the stages write: `features` as a whole-table
+    overwrite, `scores` partitioned by day (dynamic partition overwrite). Without `spark` (in a
+    child process) it starts its own session."""
+    if spark is None:
+        from ecominsight.session import get_spark
+
+        spark, _ = get_spark("fault-probe", "local[2]", {"spark.ui.enabled": "false"})
+    rows = probe_rows(spark, version, float(seconds_per_partition))
+    Lake(lake_root).write(rows, zone, "probe", partition_by=["day"] if zone == "scores" else None)
+
+
+def _writer_process(lake_root: Path, zone: str, version: str, seconds_per_partition: float) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; from tests.test_faults import write_version as w; w(*sys.argv[1:])",
+         str(lake_root), zone, version, str(seconds_per_partition)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+def _versions(spark, lake: Lake, zone: str) -> dict[str, int]:
+    table = lake.read(spark, zone, "probe", written_by="test")
+    return {r["version"]: r["count"] for r in table.groupBy("version").count().collect()}
+
+
+# Where each kind of write puts files before it commits: our staged copy, or Spark's staging folder.
+IN_FLIGHT = {"features": "features/_staged-probe-*/_temporary", "scores": "scores/probe/.spark-staging-*"}
+
+
+@pytest.mark.parametrize("zone", ["features", "scores"])
+def test_a_driver_killed_mid_write_leaves_the_previous_table_whole(spark, tmp_path, zone):
+    """Injected: SIGKILL to the whole process group (driver JVM, Python driver, workers) while the
+    second version's files are being written. Checked: readers see version 1 in full, nothing of the
+    unfinished write survives the next access, and a re-run gives the same table as an
+    uninterrupted run."""
+    lake = Lake(tmp_path / "lake")
+    write_version(str(lake.root), zone, "v1", spark=spark)
+
+    second = _writer_process(lake.root, zone, "v2", 30)
+    deadline, in_flight = time.time() + 300, []
+    while time.time() < deadline and not in_flight:
+        in_flight = list(lake.root.glob(IN_FLIGHT[zone]))
+        time.sleep(0.5)
+    assert in_flight, "the second write never started"
+    time.sleep(2)  # some tasks are writing their files now
+    os.killpg(second.pid, signal.SIGKILL)
+    second.wait(timeout=60)
+
+    assert _versions(spark, lake, zone) == {"v1": ROWS}
+    assert not list(lake.root.glob(IN_FLIGHT[zone].split("/_temporary")[0]))  # cleared by the read's recovery
+
+    write_version(str(lake.root), zone, "v2", spark=spark)
+    assert _versions(spark, lake, zone) == {"v2": ROWS}
+    assert sorted(p.name for p in (lake.root / zone).iterdir()) == ["probe"]
+
+
+def test_a_swap_interrupted_between_its_renames_is_undone(spark, tmp_path):
+    """Injected: the state a kill between the two renames of a swap leaves (table folder gone, the
+    retired copy beside it). Checked: the next read restores the previous table."""
+    lake = Lake(tmp_path / "lake")
+    lake.write(spark.range(10).selectExpr("id", "'old' AS version"), "features", "probe")
+    table = lake.root / "features" / "probe"
+    table.rename(table.with_name("_retired-probe-deadbeef"))
+    assert _versions(spark, lake, "features") == {"old": 10}
+
+
+def test_a_second_run_on_a_lake_in_use_refuses_with_the_holder_named(tmp_path):
+    """Injected: another live process holds the lake. Checked: a stage run exits 2 before starting
+    Spark, naming the holder; once that holder is dead (SIGKILL), its stale lock is taken over."""
+    lake_root = tmp_path / "lake"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from ecominsight.io import Lake\n"
+         "with Lake(sys.argv[1]).lock('the nightly test run'):\n    print('held', flush=True); time.sleep(600)",
+         str(lake_root)], cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.time()
+        refused = subprocess.run([sys.executable, "-m", "ecominsight", "score", "--set", f"lake={lake_root}"],
+                                 capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert refused.returncode == 2
+        assert "in use by the nightly test run" in refused.stderr and f"pid {holder.pid}" in refused.stderr
+        assert "SparkSession" not in refused.stderr and time.time() - started < 60
+        with pytest.raises(LakeError, match="in use by the nightly test run"):
+            with Lake(lake_root).lock("a second writer"):
+                pass
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=60)
+    with Lake(lake_root).lock("after the holder died"):
+        assert json.loads((lake_root / "_lock").read_text())["holder"] == "after the holder died"
+    assert not (lake_root / "_lock").exists()
+
+
+def test_an_unwritable_lake_path_fails_clearly_without_output(tmp_path):
+    """Injected: a lake root below a regular file (not creatable, whoever runs the test). Checked:
+    exit 2, one error line naming the path, and nothing written."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the lake's parent folder should be")
+    result = subprocess.run([sys.executable, "-m", "ecominsight", "clean", "--set", f"lake={blocker / 'lake'}"],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 2
+    assert f"{blocker / 'lake'}" in result.stderr and "clean failed: cannot use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert blocker.read_text().startswith("a file")
