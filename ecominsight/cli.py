@@ -13,6 +13,7 @@ import os
 import secrets
 import sys
 
+from ecominsight import redaction
 from ecominsight.config import ConfigError, config_to_dict, load_config
 from ecominsight.io import Lake, LakeError
 from ecominsight.presets import load_preset
@@ -53,7 +54,9 @@ def main(stage: str | None = None, argv: list[str] | None = None) -> int:
         log.error("configuration error: %s", err)
         return 2
     run_id = config.run_id or f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
-    log.info("run %s, stage %s, resolved config:\n%s", run_id, stage, json.dumps(config_to_dict(config), indent=2))
+    resolved = config_to_dict(config)
+    redaction.install(redaction.secret_values() | redaction.secret_config_values(resolved))
+    log.info("run %s, stage %s, resolved config:\n%s", run_id, stage, json.dumps(redaction.redact_mapping(resolved), indent=2))
 
     from ecominsight.session import get_spark
 

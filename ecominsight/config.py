@@ -273,6 +273,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {pair!r} is not of the form key.path=value")
         node = nested
         parts = key.strip().split(".")
+        # Spark's own keys contain dots: everything after `spark.conf.` is one key.
+        if parts[:2] == ["spark", "conf"] and len(parts) > 2:
+            parts = ["spark", "conf", ".".join(parts[2:])]
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):

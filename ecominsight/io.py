@@ -253,12 +253,16 @@ class Lake:
         for leftover in leftovers:
             shutil.rmtree(leftover, ignore_errors=True)
 
-    def read(self, spark: SparkSession, zone: str, table: str, *, written_by: str) -> DataFrame:
-        """Read a lake table, or say which stage must run first."""
+    def read(self, spark: SparkSession, zone: str, table: str, *, written_by: str,
+             schema: T.StructType | None = None) -> DataFrame:
+        """Read a lake table, or say which stage must run first. A partitioned table written from no
+        rows has no files; with its `schema` given, it reads as empty instead of failing."""
         path = self.table_path(zone, table)
         self._recover(zone, table)
         if _is_local(path) and not Path(path).exists():
             raise LakeError(f"lake table {zone}/{table} is missing at {path}; run the {written_by!r} stage first")
+        if schema is not None and _is_local(path) and next(Path(path).rglob("*.parquet"), None) is None:
+            return spark.createDataFrame([], schema)
         return spark.read.parquet(path)
 
     def exists(self, zone: str, table: str) -> bool:

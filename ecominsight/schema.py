@@ -67,7 +67,9 @@ QUARANTINE = T.StructType([
 
 # Reason codes, in the order the checks run: a row carries the first one it fails.
 REASON_MALFORMED = "malformed_row"  # wrong column count or unparseable record
+REASON_BAD_ENCODING = "invalid_encoding"  # bytes not valid in the declared encoding (decoded as U+FFFD)
 REASON_MISSING_USER = "missing_user_id"
+REASON_MALFORMED_ID = "malformed_id"  # a user/item id with quotes, brackets, markup or control characters
 REASON_MISSING_ITEM = "missing_item_id"
 REASON_BAD_TIMESTAMP = "bad_timestamp"
 REASON_UNKNOWN_EVENT = "unknown_event_type"

@@ -57,6 +57,16 @@ def _tag_kwargs(preset: Preset, run_id: str, table: str = "events") -> dict[str,
     )
 
 
+def _with_mapped_columns(raw: DataFrame, columns: list[str], source: str) -> DataFrame:
+    """The raw rows, all quarantined as malformed (with a warning naming the columns) when the
+    input lacks columns the preset maps: a wrong delimiter or header must not crash the run."""
+    missing = [name for name in columns if name not in raw.columns]
+    if missing:
+        log.warning("clean: %s input lacks the mapped column(s) %s (columns read: %s); every row goes to quarantine "
+                    "as malformed_row: check the delimiter, the header and the preset", source, missing, raw.columns)
+    return clean.mark_missing_columns(raw, columns=columns)
+
+
 def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
     """raw files (through the source preset) -> clean/{events,users,items[,labels,reviews]},
     quarantine/{events[,users,items,reviews]}, reports/<run_id>/{clean,data_quality}.json."""
@@ -64,13 +74,17 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
     paths = preset.resolved_paths(config.source.paths)
     log.info("clean: preset %s reading %s", preset.name, paths)
     with staging_area(lake.staging_dir()) as stage:
-        raw = clean.resolve_aliases(read_source(spark, preset, stage(paths)), aliases=preset.aliases)
+        raw = _with_mapped_columns(clean.resolve_aliases(read_source(spark, preset, stage(paths)), aliases=preset.aliases),
+                                   clean.mapped_columns(preset.events, preset.users, preset.reviews,
+                                                        extra=[preset.timestamp.column, preset.label]), preset.name)
         inputs, tagged = {"events": raw}, {"events": clean.mark_duplicates(clean.tag_events(raw, **_tag_kwargs(preset, run_id)))}
         if preset.reviews:
             inputs["reviews"], tagged["reviews"] = raw, clean.tag_reviews(raw, **_tag_kwargs(preset, run_id, "reviews"))
         for table, side, tag in (("users", preset.user_source, clean.tag_users), ("items", preset.item_source, clean.tag_items)):
             if side is not None:
-                inputs[table] = read_source(spark, side, stage(side.resolved_paths()))
+                inputs[table] = _with_mapped_columns(read_source(spark, side, stage(side.resolved_paths())),
+                                                     clean.mapped_columns(side.fields, extra=[side.timestamp and side.timestamp.column]),
+                                                     f"{preset.name} {table}")
                 tagged[table] = tag(inputs[table], **_tag_kwargs(preset, run_id, table))
         tagged = {table: frame.persist(StorageLevel.MEMORY_AND_DISK) for table, frame in tagged.items()}
         try:
@@ -91,7 +105,8 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
                 users = clean.combine_users(clean.accepted_rows(tagged["users"], schema.USERS), users)
             if "items" in tagged:
                 items = clean.combine_items(clean.accepted_rows(tagged["items"], schema.ITEMS), items)
-            lake.write(clean.accepted_events(events), "clean", "events", partition_by=["dt"])
+            accepted = clean.accepted_events(events)
+            lake.write(accepted, "clean", "events", partition_by=["dt"])
             lake.write(users, "clean", "users")
             lake.write(items, "clean", "items")
             optional = {("clean", "labels"): clean.derive_labels(events) if preset.label else None,
@@ -107,7 +122,8 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
             report = data_quality.clean_report(
                 run_id=run_id, preset=preset.name, profiles=profiles,
                 users=lake.read(spark, "clean", "users", written_by="clean"),
-                events=lake.read(spark, "clean", "events", written_by="clean"),
+                # With a schema: an input whose every row was quarantined leaves no event files.
+                events=lake.read(spark, "clean", "events", written_by="clean", schema=accepted.schema),
             )
         finally:
             for frame in tagged.values():

@@ -48,10 +48,19 @@ def test_missing_upstream_table_names_the_stage_to_run(spark, tmp_path, caplog):
     assert "no trained 'transformer' model" in caplog.text
 
 
+ENV_SECRET, CONF_SECRET = "pseudonym-key-0f9a8b7c6d", "s3-secret-5e4d3c2b1a"
+
+
 def test_submit_sh_runs_a_stage_through_spark_submit(tmp_path):
-    result = subprocess.run([str(REPO / "submit.sh"), "clean", "--set", f"lake={tmp_path}", "--set", "run_id=submit-test"],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    # Secrets as users hold them (environment, a credential in Spark conf) must not reach any log line.
+    env = {**os.environ, "ECOMINSIGHT_PSEUDONYM_KEY": ENV_SECRET, "DATABRICKS_TOKEN": "dapi-" + ENV_SECRET}
+    result = subprocess.run([str(REPO / "submit.sh"), "clean", "--set", f"lake={tmp_path}", "--set", "run_id=submit-test",
+                             "--set", f"spark.conf.spark.hadoop.fs.s3a.secret.key={CONF_SECRET}"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    logs = result.stdout + result.stderr
+    assert ENV_SECRET not in logs and CONF_SECRET not in logs
+    assert '"spark.hadoop.fs.s3a.secret.key": "***"' in logs  # the resolved config is logged, masked
     assert "ecominsight run submit-test finished" in result.stdout
     assert (tmp_path / "clean" / "events").is_dir() and (tmp_path / "reports" / "submit-test" / "clean.json").is_file()
     # spark-submit's PythonRunner merges the driver's stderr into its stdout.
@@ -61,3 +70,15 @@ def test_submit_sh_runs_a_stage_through_spark_submit(tmp_path):
 def test_submit_sh_rejects_a_missing_stage():
     result = subprocess.run([str(REPO / "submit.sh")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "name a stage" in result.stderr
+
+
+def test_log_lines_and_logged_config_mask_secrets(caplog):
+    from ecominsight.redaction import RedactSecrets, redact_mapping, secret_config_values, secret_values
+
+    assert secret_values({"DATABRICKS_TOKEN": "dapi123456", "HOME": "/root", "API_KEY": "abc"}) == {"dapi123456"}
+    config = {"spark": {"conf": {"fs.s3a.secret.key": "very-secret", "spark.app.name": "x"}}, "lake": "lake"}
+    assert redact_mapping(config)["spark"]["conf"] == {"fs.s3a.secret.key": "***", "spark.app.name": "x"}
+    assert secret_config_values(config) == {"very-secret"}
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "token %s and %s", ("dapi123456", "very-secret"), None)
+    RedactSecrets({"dapi123456", "very-secret"}).filter(record)
+    assert record.getMessage() == "token *** and ***"

@@ -25,6 +25,12 @@ def test_config_is_frozen():
         config.fuse.horizon_days = 1
 
 
+def test_spark_conf_overrides_keep_their_dotted_keys():
+    config = load_config("local", ["spark.conf.spark.sql.shuffle.partitions=4", "spark.conf.spark.hadoop.fs.s3a.secret.key=x"])
+    assert config.spark.conf["spark.sql.shuffle.partitions"] == "4"
+    assert config.spark.conf["spark.hadoop.fs.s3a.secret.key"] == "x"
+
+
 def test_override_values_are_parsed_as_yaml_scalars():
     assert parse_overrides(["a.b=3", "a.c=true", "d=[x, y]", "e=0.5"]) == {"a": {"b": 3, "c": True}, "d": ["x", "y"], "e": 0.5}
 
@@ -39,6 +45,9 @@ def test_override_values_are_parsed_as_yaml_scalars():
     ("train.transformer.use_gpu=maybe", "train.transformer.use_gpu: expected true or false"),
     ("fuse.valid_fraction=0.9", "must each lie in (0, 1) and sum to less than 1"),
     ("noequals", "is not of the form key.path=value"),
+    ("run_id=../../etc", "run_id: '../../etc' must be letters, digits"),
+    ("warehouse.database=x;DROP", "warehouse.database: 'x;DROP' must be letters, digits and underscores"),
+    ("fuse.review_max_words=0", "fuse.review_max_words: must be positive"),
 ])
 def test_bad_config_is_rejected_naming_the_key(override, message):
     with pytest.raises(ConfigError) as err:

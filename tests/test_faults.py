@@ -137,3 +137,4 @@ def test_an_unwritable_lake_path_fails_clearly_without_output(tmp_path):
     assert f"{blocker / 'lake'}" in result.stderr and "clean failed: cannot use" in result.stderr
     assert "Traceback" not in result.stderr
     assert blocker.read_text().startswith("a file")
+

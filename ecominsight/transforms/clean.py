@@ -7,6 +7,9 @@ Every function here is a pure DataFrame -> DataFrame transform. The central one,
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
+
 from typing import Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame, Window
@@ -44,6 +47,17 @@ def normalize_id(column: Column) -> Column:
     return F.when(text.isNotNull() & ~F.lower(text).isin(*NULL_TOKENS), text)
 
 
+# An id is a short token: quotes, brackets, markup and control characters mean a parsing accident
+# (a JSON object read as a string) or an injection attempt, not an identifier.
+MALFORMED_ID = r'[\x00-\x1f\x7f"<>{}\[\]]'
+MAX_ID_LENGTH = 256
+
+
+def malformed_id(column: Column) -> Column:
+    """Whether a (normalized, non-null) id is not a plausible identifier."""
+    return F.coalesce(column.rlike(MALFORMED_ID) | (F.length(column) > MAX_ID_LENGTH), F.lit(False))
+
+
 def _is_blank(column: Column) -> Column:
     return column.isNull() | F.lower(F.trim(column)).isin(*NULL_TOKENS)
 
@@ -64,9 +78,28 @@ def _field(field_map: Mapping[str, str], name: str) -> Column:
 
 
 def _number(raw_value: Column) -> tuple[Column, Column]:
-    """(the value as a double, whether it is given but is not a number)."""
-    value = F.trim(raw_value).try_cast("double")
+    """(the value as a finite double, whether it is given but is not a finite number)."""
+    parsed = F.trim(raw_value).try_cast("double")
+    value = F.when(~F.isnan(parsed) & (F.abs(parsed) < float("inf")), parsed)
     return value, ~_is_blank(raw_value) & value.isNull()
+
+
+def mapped_columns(*field_maps: Mapping[str, str] | None, extra: Sequence[str | None] = ()) -> list[str]:
+    """The raw column names that field maps refer to directly (`expr:` specs are not parsed)."""
+    names = [spec for fields in field_maps for spec in (fields or {}).values() if not spec.startswith("expr:")]
+    return list(dict.fromkeys([*names, *[name for name in extra if name]]))
+
+
+def mark_missing_columns(raw: DataFrame, *, columns: Sequence[str]) -> DataFrame:
+    """Raw rows whose source lacks columns the preset maps (a wrong delimiter, a renamed or
+    repeated header name) -> the same rows, every one marked malformed with its content kept as
+    JSON, and the missing columns added as nulls: the file is quarantined, the job goes on."""
+    missing = [name for name in columns if name not in raw.columns]
+    if not missing:
+        return raw
+    content = F.to_json(F.struct(*[F.col(f"`{c}`") for c in raw.columns if c not in META_COLUMNS]))
+    corrupt = F.coalesce(F.col(CORRUPT), content) if CORRUPT in raw.columns else content
+    return raw.withColumn(CORRUPT, corrupt).withColumns({name: F.lit(None).cast("string") for name in missing})
 
 
 def resolve_aliases(raw: DataFrame, *, aliases: Mapping[str, Sequence[str]] | None = None) -> DataFrame:
@@ -84,19 +117,27 @@ def resolve_aliases(raw: DataFrame, *, aliases: Mapping[str, Sequence[str]] | No
     return out
 
 
+# Event times outside this range are data errors (year 9999, negative or zero epochs), not events.
+PLAUSIBLE_TIME = ("1970-01-02", "2100-01-01")
+
+
 def parse_timestamp(column: Column, *, unit: str, fmt: str | Sequence[str], zone: str) -> Column:
-    """Raw value -> UTC timestamp, null when unparseable (never an exception). `fmt` may list
-    several patterns (a file with mixed date formats): the first that parses wins."""
-    if unit == "s":
-        seconds = column.cast("string").try_cast("double")
-        return F.when(seconds.isNotNull(), F.timestamp_micros((seconds * 1_000_000).cast("long")))
-    if unit == "ms":
-        millis = column.cast("string").try_cast("double")
-        return F.when(millis.isNotNull(), F.timestamp_micros((millis * 1000).cast("long")))
-    text = F.trim(column.cast("string"))
-    patterns = [fmt] if isinstance(fmt, str) else list(fmt)
-    wall_clock = F.coalesce(*[F.try_to_timestamp(text, F.lit(p)) for p in patterns])
-    return wall_clock if zone.upper() == "UTC" else F.to_utc_timestamp(wall_clock, zone)
+    """Raw value -> UTC timestamp, null when unparseable or outside PLAUSIBLE_TIME (never an
+    exception). `fmt` may list several patterns (a file with mixed date formats): the first that
+    parses wins."""
+    if unit in ("s", "ms"):
+        number = column.cast("string").try_cast("double")
+        # Bounded before the conversion: a huge number must become null, not an overflow error.
+        micros = F.when(number.between(-1e12 if unit == "s" else -1e15, 1e12 if unit == "s" else 1e15),
+                        (number * (1_000_000 if unit == "s" else 1000)).cast("long"))
+        parsed = F.timestamp_micros(micros)
+    else:
+        text = F.trim(column.cast("string"))
+        patterns = [fmt] if isinstance(fmt, str) else list(fmt)
+        wall_clock = F.coalesce(*[F.try_to_timestamp(text, F.lit(p)) for p in patterns])
+        parsed = wall_clock if zone.upper() == "UTC" else F.to_utc_timestamp(wall_clock, zone)
+    start, end = (F.lit(dt.datetime.fromisoformat(bound)).cast("timestamp") for bound in PLAUSIBLE_TIME)
+    return F.when((parsed >= start) & (parsed < end), parsed)
 
 
 def _event_time(*, ts_column: str | None, ts_unit: str, ts_format: str | Sequence[str], ts_zone: str,
@@ -152,6 +193,14 @@ def _provenance(raw: DataFrame) -> list[Column]:
         meta(SOURCE_FILE, "string").alias("source_file"),
         meta(SOURCE_LINE, "long").alias("source_line"),
         (F.col(CORRUPT).isNotNull() if has_corrupt else F.lit(False)).alias("_malformed"),
+        # The decoder's replacement character (bytes not valid in the declared encoding) or NUL
+        # bytes, which no text format carries: binary damage either way. Checked on the values,
+        # since to_json escapes a NUL.
+        functools.reduce(Column.__or__, [
+            F.coalesce((F.instr(F.col(f"`{c}`").cast("string"), "\ufffd") > 0)
+                       | (F.instr(F.col(f"`{c}`").cast("string"), "\x00") > 0), F.lit(False))
+            for c in [*raw_columns, *([CORRUPT] if has_corrupt else [])]
+        ], F.lit(False)).alias("_bad_encoding"),
     ]
 
 
@@ -227,10 +276,12 @@ def tag_events(
     )
 
     reason = F.when(F.col("_malformed"), F.lit(schema.REASON_MALFORMED))
+    reason = reason.when(F.col("_bad_encoding"), F.lit(schema.REASON_BAD_ENCODING))
     for i, (code, _) in enumerate(reject_rules):
         reason = reason.when(F.col(f"_rule_{i}"), F.lit(code))
     reason = (
         reason.when(F.col("user_id").isNull(), F.lit(schema.REASON_MISSING_USER))
+        .when(malformed_id(F.col("user_id")) | malformed_id(F.col("item_id")), F.lit(schema.REASON_MALFORMED_ID))
         .when(F.col("ts").isNull(), F.lit(schema.REASON_BAD_TIMESTAMP))
         .when(F.col("event_type").isNull(), F.lit(schema.REASON_UNKNOWN_EVENT))
         .when(F.col("_bad_number"), F.lit(schema.REASON_BAD_NUMBER))
