@@ -1,7 +1,8 @@
-"""Scoring throughput: a plain PyTorch loop vs ecominsight's predict_batch_udf on local[2], the
-machine's FP32 GEMM ceiling, and what length-bucketing and dynamic int8 quantisation buy.
+"""Scoring throughput: a plain PyTorch loop vs ecominsight's predict_batch_udf on local[2] vs Ray Data,
+the machine's FP32 GEMM ceiling, and what length-bucketing, dynamic int8 and ONNX Runtime buy.
 
     ./submit.sh pipeline                                   # a trained model in ./lake first
+    .venv/bin/pip install 'ray[data]==2.60.0'              # the peer, for the benchmark only (else skipped)
     .venv/bin/python benchmarks/scoring.py --lake lake --users 2000
 
 Users are the lake's `features/current_sequences` rows, repeated until there are `--users` of them
@@ -47,36 +48,38 @@ def encoder_flops(config, tokens: int) -> float:
     return float(layers * per_layer)
 
 
+def _ordered(frame: pd.DataFrame, *, bucket: bool) -> pd.DataFrame:
+    return frame.iloc[np.argsort(frame["text"].str.len().to_numpy(), kind="stable")] if bucket else frame
+
+
 def _batches(frame: pd.DataFrame, batch_size: int, *, bucket: bool):
-    ordered = frame.iloc[np.argsort(frame["text"].str.len().to_numpy(), kind="stable")] if bucket else frame
+    ordered = _ordered(frame, bucket=bucket)
     for start in range(0, len(ordered), batch_size):
         yield ordered.iloc[start:start + batch_size]
 
 
-def plain_loop(model_dir: str, frame: pd.DataFrame, *, batch_size: int, threads: int, bucket: bool = True,
-               quantize: bool = False) -> tuple[float, np.ndarray, int]:
-    """Seconds, probabilities (in frame order) and padded tokens, one process, `threads` threads."""
-    import torch
-
+def padded_tokens(model_dir: str, frame: pd.DataFrame, *, batch_size: int) -> int:
+    """Tokens the model runs over (padding included) for the length-bucketed batches."""
     from ecominsight.models.classifier import load_classifier
 
-    torch.set_num_threads(threads)
-    model, tokenizer, scaler, max_length = load_classifier(model_dir)
-    if quantize:
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    names = scaler.names
+    _, tokenizer, _, max_length = load_classifier(model_dir)
+    return sum(int(tokenizer(batch["text"].tolist(), truncation=True, max_length=max_length, padding=True,
+                             return_tensors="np")["input_ids"].size) for batch in _batches(frame, batch_size, bucket=True))
+
+
+def plain_loop(model_dir: str, frame: pd.DataFrame, *, batch_size: int, threads: int, bucket: bool = True,
+               precision: str = "fp32") -> tuple[float, np.ndarray]:
+    """Seconds and probabilities (in frame order), one process, `threads` threads, through the same
+    scorer as the Spark UDF (`load_scorer`); the model load is not timed."""
+    from ecominsight.models.inference import load_scorer
+
+    scorer = load_scorer(model_dir, precision=precision, threads=threads)
+    names = json.loads((Path(model_dir) / "classifier.json").read_text())["numeric"]["names"]
     probabilities = pd.Series(0.0, index=frame.index)
-    padded = 0
     started = time.perf_counter()
     for batch in _batches(frame, batch_size, bucket=bucket):
-        encoded = tokenizer(batch["text"].tolist(), truncation=True, max_length=max_length, padding=True,
-                            return_tensors="pt")
-        padded += int(encoded["input_ids"].numel())
-        numeric = torch.as_tensor(scaler.transform(batch[names].to_numpy()))
-        with torch.inference_mode():
-            logits = model(**encoded, numeric=numeric)
-        probabilities.loc[batch.index] = torch.softmax(logits, -1)[:, 1].double().numpy()
-    return time.perf_counter() - started, probabilities.to_numpy(), padded
+        probabilities.loc[batch.index] = scorer(batch["text"].tolist(), batch[names].to_numpy())
+    return time.perf_counter() - started, probabilities.to_numpy()
 
 
 def _plain_worker(args):
@@ -90,28 +93,78 @@ def plain_two_processes(model_dir: str, frame: pd.DataFrame, *, batch_size: int)
     halves = [frame.iloc[: len(frame) // 2], frame.iloc[len(frame) // 2:]]
     with mp.get_context("spawn").Pool(2) as pool:
         results = pool.map(_plain_worker, [(model_dir, half, batch_size) for half in halves])
-    return max(seconds for seconds, _, _ in results)
+    return max(seconds for seconds, _ in results)
 
 
-def spark_scoring(model_dir: str, frame: pd.DataFrame, *, batch_size: int) -> float:
+def spark_scoring(spark, model_dir: str, frame: pd.DataFrame, *, batch_size: int, tuned: bool = True) -> float:
     """Wall seconds for predict_batch_udf on local[2] over the same rows (noop sink; the session,
-    the data load and one warm-up pass that loads the model in each worker are not timed)."""
+    the data load and a warm-up pass that loads the model in both Python workers are not timed).
+
+    `tuned`: as the score stage runs it (2 tasks per core, Arrow batches of 4 predict batches);
+    otherwise one task per core and Spark's default Arrow batch (10,000 rows)."""
     from pyspark.sql import functions as F
 
     from ecominsight.models.scoring import transformer_probability
-    from ecominsight.session import get_spark
+    from ecominsight.stages import SCORE_ARROW_BATCHES, SCORE_TASKS_PER_CORE
 
-    spark, created = get_spark("ecominsight-scoring-bench", "local[2]", {"spark.ui.showConsoleProgress": "false"})
-    users = spark.createDataFrame(frame).repartition(2).sortWithinPartitions(F.length("text")).cache()
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    spark.conf.set(key, str(SCORE_ARROW_BATCHES * batch_size) if tuned else "10000")
+    partitions = SCORE_TASKS_PER_CORE * 2 if tuned else 2
+    users = spark.createDataFrame(frame).repartition(partitions, "user_id").sortWithinPartitions(F.length("text"), "user_id").cache()
     users.count()
-    scored = users.select(transformer_probability(F.col("text"), model_dir, batch_size=batch_size).alias("p"))
-    scored.limit(batch_size * 2).collect()
+    # One UDF for the warm-up and the timed pass: predict_batch_udf caches the model per Python
+    # worker under the UDF's identity, so both workers hold a loaded model before the clock starts.
+    probability = transformer_probability(F.col("text"), model_dir, batch_size=batch_size)
+    warm = spark.createDataFrame(frame.head(4 * batch_size)).repartition(2)
+    warm.select(probability.alias("p")).write.format("noop").mode("overwrite").save()
     started = time.perf_counter()
-    scored.write.format("noop").mode("overwrite").save()
+    users.select(probability.alias("p")).write.format("noop").mode("overwrite").save()
     seconds = time.perf_counter() - started
-    if created:
-        spark.stop()
+    users.unpersist()
+    spark.conf.unset(key)
     return seconds
+
+
+class _RayScorer:
+    """Ray Data actor: the same scorer as Spark's UDF, loaded once per actor, one thread."""
+
+    def __init__(self, model_dir: str):
+        from ecominsight.models.inference import load_scorer
+
+        started = time.perf_counter()
+        self.scorer = load_scorer(model_dir, threads=1)
+        self.names = json.loads((Path(model_dir) / "classifier.json").read_text())["numeric"]["names"]
+        self.load_s = time.perf_counter() - started
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"row": batch["row"], "p": self.scorer(batch["text"].tolist(), batch[self.names].to_numpy()),
+                             "load_s": self.load_s})
+
+
+def ray_scoring(model_dir: str, frame: pd.DataFrame, *, batch_size: int) -> dict | None:
+    """Ray Data `map_batches` with two 1-CPU actors over the same length-sorted rows, one block per
+    batch. Returns wall seconds with and without the actors' model load, or None without Ray."""
+    try:
+        import ray
+    except ImportError:
+        log.warning("Ray is not installed: skipping the Ray Data peer (pip install 'ray[data]==2.60.0' for the benchmark only)")
+        return None
+    ordered = _ordered(frame, bucket=True).reset_index(names="row")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=300 * 1024**2,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
+    try:
+        blocks = [ordered.iloc[start:start + batch_size] for start in range(0, len(ordered), batch_size)]
+        dataset = ray.data.from_pandas(blocks).map_batches(
+            _RayScorer, fn_constructor_args=(model_dir,), batch_size=batch_size, batch_format="pandas",
+            concurrency=2, num_cpus=1)
+        started = time.perf_counter()
+        result = dataset.to_pandas()
+        seconds = time.perf_counter() - started
+    finally:
+        ray.shutdown()
+    probabilities = result.set_index("row")["p"].reindex(frame.index).to_numpy()
+    return {"seconds": seconds, "seconds_without_model_load": seconds - float(result["load_s"].max()),
+            "probabilities": probabilities}
 
 
 def main() -> None:
@@ -134,33 +187,48 @@ def main() -> None:
     frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
     test = pd.read_parquet(lake.table_path("features", "user_sequences")).query("split == 'test'").reset_index(drop=True)
 
-    model, tokenizer, _, _ = load_classifier(model_dir)
+    from ecominsight.models.inference import export_onnx
+    from ecominsight.session import get_spark
+
+    model, _, _, _ = load_classifier(model_dir)
+    export_onnx(model_dir)  # once per model version, as the score stage does on the driver
     ceiling = gemm_gflops(threads=2)
-    one_process, reference, padded = plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2)
+    one_process, reference = plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2)
     two_processes = plain_two_processes(model_dir, frame, batch_size=args.batch_size)
     plain = min(one_process, two_processes)
-    spark = spark_scoring(model_dir, frame, batch_size=args.batch_size)
-    unbucketed, unbucketed_p, _ = plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2, bucket=False)
-    quantized, quantized_p, _ = plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2, quantize=True)
-    _, test_fp32, _ = plain_loop(model_dir, test, batch_size=args.batch_size, threads=2)
-    _, test_int8, _ = plain_loop(model_dir, test, batch_size=args.batch_size, threads=2, quantize=True)
+    session, created = get_spark("ecominsight-scoring-bench", "local[2]", {"spark.ui.showConsoleProgress": "false"})
+    spark = spark_scoring(session, model_dir, frame, batch_size=args.batch_size)
+    spark_untuned = spark_scoring(session, model_dir, frame, batch_size=args.batch_size, tuned=False)
+    if created:
+        session.stop()
+    ray = ray_scoring(model_dir, frame, batch_size=args.batch_size)
+    unbucketed, unbucketed_p = plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2, bucket=False)
+    _, test_fp32 = plain_loop(model_dir, test, batch_size=args.batch_size, threads=2)
+    auc_fp32 = roc_auc_score(test["label"], test_fp32)
+    options = {"length_bucketing": {"speedup": unbucketed / one_process, "auc_delta": 0.0,
+                                    "max_prob_delta": float(np.abs(unbucketed_p - reference).max())}}
+    for name, precision in (("int8_dynamic", "int8"), ("onnx", "onnx")):
+        seconds, probabilities = plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2, precision=precision)
+        _, test_p = plain_loop(model_dir, test, batch_size=args.batch_size, threads=2, precision=precision)
+        options[name] = {"speedup": one_process / seconds,
+                         "auc_delta": float(roc_auc_score(test["label"], test_p) - auc_fp32),
+                         "max_prob_delta": float(np.abs(probabilities - reference).max())}
     # FLOPs of the padded batches actually run (bucketed), averaged per sequence.
+    padded = padded_tokens(model_dir, frame, batch_size=args.batch_size)
     flops = encoder_flops(model.encoder.config, padded / len(frame)) * len(frame)
     results = {
-        "users": len(frame), "batch_size": args.batch_size, "model_dir": model_dir,
+        "users": len(frame), "batch_size": args.batch_size, "model_dir": model_dir, "test_users": len(test),
         "plain_one_process_2_threads_s": one_process, "plain_two_processes_1_thread_s": two_processes,
         "plain_users_per_s": len(frame) / plain, "spark_users_per_s": len(frame) / spark,
         "spark_users_per_s_per_core": len(frame) / spark / 2, "spark_overhead_ratio": spark / plain,
+        "spark_untuned_overhead_ratio": spark_untuned / plain,
         "gemm_gflops_2_threads": ceiling, "model_gflop_per_user": flops / len(frame) / 1e9,
         "flop_fraction": flops / plain / 1e9 / ceiling,
-        "options": {
-            "length_bucketing": {"speedup": unbucketed / one_process, "auc_delta": 0.0,
-                                 "max_prob_delta": float(np.abs(unbucketed_p - reference).max())},
-            "int8_dynamic": {"speedup": one_process / quantized,
-                             "auc_delta": float(roc_auc_score(test["label"], test_int8) - roc_auc_score(test["label"], test_fp32)),
-                             "max_prob_delta": float(np.abs(quantized_p - reference).max())},
-        },
-        "ray_users_per_s": None,
+        "options": options,
+        "ray_users_per_s": len(frame) / ray["seconds"] if ray else None,
+        "ray_users_per_s_without_model_load": len(frame) / ray["seconds_without_model_load"] if ray else None,
+        "ray_max_prob_delta": float(np.abs(ray["probabilities"] - reference).max()) if ray else None,
+        "load_average_1m_at_end": os.getloadavg()[0],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True))

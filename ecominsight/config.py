@@ -117,6 +117,7 @@ class ScoreConfig:
     model_version: str = "latest"
     batch_size: int = 32
     torch_threads: int = 1
+    precision: str = "fp32"  # fp32 | int8 (dynamic quantisation) | onnx (ONNX Runtime) | bf16 (GPU only)
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "fuse.label_mode": ("window", "given"),
     "fuse.population": ("purchasers", "any_event"),
     "score.mode": ("full", "incremental"),
+    "score.precision": ("fp32", "int8", "onnx", "bf16"),
     "insights.recommendations.co_occurrence_within": ("user", "basket"),
 }
 _POSITIVE: tuple[str, ...] = (

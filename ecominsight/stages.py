@@ -5,10 +5,11 @@ Each `run_<stage>(spark, config, lake, run_id)` returns a small summary dict for
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -292,6 +293,28 @@ def _latest_scores(spark: SparkSession, lake: Lake, *, on_or_before: dt.date) ->
     return None if latest is None else scores.filter(F.col("score_date") == F.lit(latest)).select(*SCORE_COLUMNS)
 
 
+# Tasks per core for the model: the slowest task sets the wall time, and smaller tasks even it out.
+SCORE_TASKS_PER_CORE = 2
+# Rows per Arrow batch sent to a scoring worker, in predict batches: the default (10,000 rows) ships
+# a whole partition before the first prediction and leaves the JVM side idle while Python computes.
+SCORE_ARROW_BATCHES = 4
+
+
+@contextlib.contextmanager
+def _arrow_batch_rows(spark: SparkSession, rows: int) -> Iterator[None]:
+    """Set spark.sql.execution.arrow.maxRecordsPerBatch for the jobs run inside, then restore it."""
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, str(rows))
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
+
+
 def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
     """features/current_sequences + models -> scores/user_scores/score_date=<day>/ (every user, once).
 
@@ -320,12 +343,17 @@ def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
         to_score, carried = current, None
 
     lr_model = PipelineModel.load(str(lake.model_dir(LR_MODEL, lr_version) / "spark_model"))
+    # A small features table reads as one partition (and AQE coalesces small shuffles to one): the
+    # model would then run in one Python worker while the other cores idle. Hash on user_id keeps the
+    # batches, and so the scores, the same from run to run.
+    to_score = to_score.repartition(SCORE_TASKS_PER_CORE * spark.sparkContext.defaultParallelism, "user_id")
     # Similar lengths side by side: each predict batch then pads to a near-equal length.
-    to_score = to_score.sortWithinPartitions(F.length("text"))
+    to_score = to_score.sortWithinPartitions(F.length("text"), "user_id")
+    probability = transformer_probability(F.col("text"), str(model_dir), batch_size=settings.batch_size,
+                                          torch_threads=settings.torch_threads, precision=settings.precision)
     scored = baseline.with_probability(lr_model, to_score).select(
         "user_id",
-        transformer_probability(F.col("text"), str(model_dir), batch_size=settings.batch_size,
-                                torch_threads=settings.torch_threads).alias("probability"),
+        probability.alias("probability"),
         "baseline_probability",
         F.lit(version).alias("model_version"),
         F.lit(lr_version).alias("baseline_model_version"),
@@ -333,7 +361,8 @@ def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
     )
     day = scored if carried is None else scored.unionByName(carried)
     # Materialise once: the model runs a single time, then the deciles and the write reuse it.
-    day = day.localCheckpoint(eager=True)
+    with _arrow_batch_rows(spark, SCORE_ARROW_BATCHES * settings.batch_size):
+        day = day.localCheckpoint(eager=True)
     # Counted from the materialised day, not from `scored`: counting that would run the model again.
     n_rescored = day.count() - carried.count() if carried is not None else None
     cut_points = day.approxQuantile("probability", [i / 10 for i in range(1, 10)], 1e-4)
@@ -342,8 +371,8 @@ def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
                       partition_by=["score_date"])
     n_scored = lake.read(spark, "scores", "user_scores", written_by="score").filter(F.col("score_date") == F.lit(score_date)).count()
     summary = {"model_version": version, "baseline_model_version": lr_version, "score_date": score_date.isoformat(),
-               "mode": settings.mode, "users_scored": n_scored, "users_rescored": n_rescored if n_rescored is not None else n_scored,
-               "path": path}
+               "mode": settings.mode, "precision": settings.precision, "users_scored": n_scored,
+               "users_rescored": n_rescored if n_rescored is not None else n_scored, "path": path}
     write_json(lake.report_dir(run_id) / "score.json", summary)
     log.info("score: %d users in %s (%s rescored, %s mode) with model %s", n_scored, score_date,
              summary["users_rescored"], settings.mode, version)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import shutil
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
@@ -138,3 +140,61 @@ def test_insight_tables_cover_every_scored_user_once(pipeline_run):
                                       "WHERE len(top_categories) > 0").fetchall()
     assert with_interests == n
     assert read_json(lake.report_dir("e2e") / "insights.json") == report
+
+
+def _day_rows(spark, lake, day: str) -> tuple[list, list]:
+    """The day's score rows as Spark reads them and as DuckDB reads every Parquet file under the table
+    (hidden staging folders included: a leftover of a failed write would show up here)."""
+    scores_path = lake.table_path("scores", "user_scores")
+    via_spark = sorted(tuple(r) for r in spark.read.parquet(scores_path).filter(F.col("score_date") == day)
+                       .select("user_id", "probability", "model_version", "score_decile").collect())
+    via_duckdb = sorted(duckdb.sql(
+        f"SELECT user_id, probability, model_version, score_decile FROM read_parquet('{scores_path}/**/*.parquet', "
+        f"hive_partitioning = 1) WHERE score_date = DATE '{day}'").fetchall())
+    return via_spark, via_duckdb
+
+
+def test_a_scoring_run_whose_model_fails_leaves_the_previous_partition_readable(pipeline_run):
+    spark, _, lake, summary = pipeline_run
+    day, version = summary["score"]["score_date"], summary["train"]["version"]
+    before = _day_rows(spark, lake, day)
+    assert before[0] == before[1] and len(before[0]) == summary["score"]["users_scored"]
+    # A new model version whose weights are damaged: the Python workers fail when they load it.
+    broken = lake.model_dir("transformer", "vbroken")
+    shutil.copytree(lake.model_dir("transformer", version), broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    config = load_config("local", [f"lake={lake.root}", "score.model_version=vbroken", f"score.score_date={day}"])
+    with pytest.raises(Exception, match="(?i)safetensors|header|incomplete|deserializ"):
+        run_score(spark, config, lake, "e2e-broken-model")
+    assert _day_rows(spark, lake, day) == before
+
+
+def test_a_write_that_fails_halfway_leaves_the_previous_partition_readable(pipeline_run):
+    """The failure happens inside Lake.write's Spark job, half way through the new rows and after the
+    job has set up its output (the staging folder of dynamic partition overwrite exists). Without
+    adaptive execution the job's first stage runs after that setup; with it, before."""
+    spark, _, lake, summary = pipeline_run
+    day = summary["score"]["score_date"]
+    before = _day_rows(spark, lake, day)
+    table = lake.table_path("scores", "user_scores")
+    rows = spark.read.parquet(table).filter(F.col("score_date") == day)
+    fail_on = sorted(r["user_id"] for r in rows.select("user_id").collect())[len(before[0]) // 2]
+
+    @F.pandas_udf("double")
+    def fail_on_user(user_id: pd.Series, probability: pd.Series) -> pd.Series:
+        if (user_id == fail_on).any():
+            staging = sorted(p.name for p in Path(table).iterdir() if p.name.startswith(".spark-staging"))
+            raise RuntimeError(f"injected failure at user {fail_on} while writing into {staging}")
+        return probability
+
+    replacement = rows.orderBy("user_id").withColumn("probability", fail_on_user("user_id", "probability"))
+    spark.conf.set("spark.sql.adaptive.enabled", "false")
+    try:
+        with pytest.raises(Exception, match=rf"injected failure at user {fail_on} while writing into \['\.spark-staging-"):
+            lake.write(replacement, "scores", "user_scores", partition_by=["score_date"])
+    finally:
+        spark.conf.unset("spark.sql.adaptive.enabled")
+    assert _day_rows(spark, lake, day) == before
+    # The aborted job removed its staging folder: nothing half-written is left for any reader.
+    assert not [p for p in Path(table).iterdir() if p.name.startswith(".spark-staging")]

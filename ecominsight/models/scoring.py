@@ -13,7 +13,8 @@ from pyspark.sql.types import DoubleType
 from ecominsight.models.classifier import META_FILE
 
 
-def transformer_probability_udf(model_dir: str, *, n_numeric: int, batch_size: int, torch_threads: int = 1):
+def transformer_probability_udf(model_dir: str, *, n_numeric: int, batch_size: int, torch_threads: int = 1,
+                                precision: str = "fp32"):
     """A pandas UDF: (text, numeric feature array) -> positive-class probability. The model is
     loaded once per Python worker (predict_batch_udf caches what `make_predict_fn` returns)."""
 
@@ -21,38 +22,32 @@ def transformer_probability_udf(model_dir: str, *, n_numeric: int, batch_size: i
         import os
 
         os.environ["HF_HUB_OFFLINE"] = "1"
-        import numpy as np
-        import torch
-
-        from ecominsight.models.classifier import load_classifier
+        from ecominsight.models.inference import load_scorer
 
         # One thread per Python worker: Spark already runs one worker per core.
-        torch.set_num_threads(torch_threads)
-        model, tokenizer, scaler, max_length = load_classifier(model_dir)
-
-        def predict(texts: np.ndarray, numeric: np.ndarray) -> np.ndarray:
-            encoded = tokenizer([str(t) for t in texts], truncation=True, max_length=max_length,
-                                padding=True, return_tensors="pt")
-            values = numeric.reshape(len(texts), -1)[:, : len(scaler.names)]
-            features = torch.as_tensor(scaler.transform(values))
-            with torch.inference_mode():
-                logits = model(**encoded, numeric=features)
-            return torch.softmax(logits, dim=-1)[:, 1].double().numpy()
-
-        return predict
+        return load_scorer(model_dir, precision=precision, threads=torch_threads)
 
     return predict_batch_udf(make_predict_fn, return_type=DoubleType(), batch_size=batch_size,
                              input_tensor_shapes=[None, [n_numeric]])
 
 
-def transformer_probability(text: Column, model_dir: str, *, batch_size: int, torch_threads: int = 1) -> Column:
+def transformer_probability(text: Column, model_dir: str, *, batch_size: int, torch_threads: int = 1,
+                            precision: str = "fp32") -> Column:
     """Column expression: the classifier's purchase probability from the text column and the
-    numeric feature columns the model was trained with (named in its classifier.json)."""
+    numeric feature columns the model was trained with (named in its classifier.json).
+
+    `precision` is one of inference.PRECISIONS; for `onnx` the model is exported here, on the
+    driver, once per model version, so that the Python workers only load it."""
+    from ecominsight.models.inference import check_precision, export_onnx
+
+    check_precision(precision)
+    if precision == "onnx":
+        export_onnx(model_dir)
     names = json.loads((Path(model_dir) / META_FILE).read_text())["numeric"]["names"]
     # A model without numeric features still takes a (one-wide, ignored) array: the UDF's shape is fixed.
     numeric = F.array(*[F.col(name).cast("double") for name in names]) if names else F.array(F.lit(0.0))
     return transformer_probability_udf(model_dir, n_numeric=max(len(names), 1), batch_size=batch_size,
-                                       torch_threads=torch_threads)(text, numeric)
+                                       torch_threads=torch_threads, precision=precision)(text, numeric)
 
 
 def with_score_decile(scored: DataFrame, *, cut_points: list[float]) -> DataFrame:
