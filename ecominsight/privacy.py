@@ -23,6 +23,7 @@ import secrets
 from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -74,7 +75,6 @@ def pseudonym(user_id: str, key: bytes) -> str:
 
 def pseudonym_column(column: Column | str, key: bytes) -> Column:
     """Column expression: the pseudonym of each (string) value; null stays null."""
-    import pandas as pd
 
     @F.pandas_udf("string")
     def _pseudonym(ids: pd.Series) -> pd.Series:
