@@ -54,14 +54,15 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 
 # ---- k-anonymity helpers (pure) -------------------------------------------------------------------
 
-def suppress_small(counts: dict[str, int], k: int) -> tuple[dict[str, int], list[str]]:
-    """Groups of at least `k` users, plus one `SUPPRESSED` entry holding the users of the groups of
-    1..k-1 when together they reach k; returns (shown, names of the hidden groups). Empty groups
-    describe nobody and are left out."""
+def suppress_small(counts: dict[str, int], k: int, *, merge: bool = True) -> tuple[dict[str, int], list[str]]:
+    """Groups of at least `k` users, plus (with `merge`) one `SUPPRESSED` entry holding the users of
+    the groups of 1..k-1 when together they reach k; returns (shown, names of the hidden groups).
+    Empty groups describe nobody and are left out. Groups that overlap (a user in several) must not
+    be merged: their sum would count people twice."""
     shown = {name: n for name, n in counts.items() if n >= k}
     hidden = [name for name, n in counts.items() if 0 < n < k]
     merged = sum(counts[name] for name in hidden)
-    if merged >= k:
+    if merge and merged >= k:
         shown[SUPPRESSED] = merged
     return shown, hidden
 
@@ -215,11 +216,11 @@ def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
-def _hidden_note(hidden: Sequence[str], k: int, what: str) -> str:
+def _hidden_note(hidden: Sequence[str], k: int, what: str, *, merged: bool = True) -> str:
     if not hidden:
         return ""
-    return _note(f"{len(hidden)} {what} with fewer than {k} users are not shown on their own"
-                 f" ({SUPPRESSED!r} totals them when together they reach {k}).")
+    return _note(f"{len(hidden)} {what} with fewer than {k} users are not shown"
+                 + (f" on their own ({SUPPRESSED!r} totals them when together they reach {k})." if merged else "."))
 
 
 def _section_quality(data: dict, k: int) -> str:
@@ -299,13 +300,15 @@ def _section_models(data: dict, k: int) -> str:
     return "".join(parts) + "".join(_note(n) for n in notes)
 
 
-def _section_counts(title: str, counts: dict[str, int], k: int, what: str, *, limit: int | None = None) -> str:
-    shown, hidden = suppress_small(counts, k)
+def _section_counts(title: str, counts: dict[str, int], k: int, what: str, *, limit: int | None = None,
+                    merge: bool = True) -> str:
+    shown, hidden = suppress_small(counts, k, merge=merge)
     if limit is not None:
         shown = dict(list(shown.items())[:limit])
+    note = _hidden_note(hidden, k, what, merged=merge)
     if not shown:
-        return _note(f"No {what} with {k} users or more.") + _hidden_note(hidden, k, what)
-    return bar_plot(title, shown) + _table((what, "users"), list(shown.items())) + _hidden_note(hidden, k, what)
+        return _note(f"No {what} with {k} users or more.") + note
+    return bar_plot(title, shown) + _table((what, "users"), list(shown.items())) + note
 
 
 def _section_queries(data: dict, k: int) -> str:
@@ -326,7 +329,8 @@ def render(data: dict[str, Any], *, min_group_size: int) -> str:
         ("models", "Models: ROC, precision-recall, calibration, lift and gain", _section_models(data, k)),
         ("segments", "Segment sizes", _section_counts("Users per segment", data.get("segments", {}), k, "segments")),
         ("categories", "Top categories", _note("Users whose top interests include the category (or title).")
-         + _section_counts("Top categories", data.get("categories", {}), k, "categories", limit=TOP_CATEGORIES)),
+         + _section_counts("Top categories", data.get("categories", {}), k, "categories", limit=TOP_CATEGORIES,
+                           merge=False)),
         ("actions", "Marketing actions", _section_counts("Users per action", data.get("actions", {}), k, "actions")),
     ]
     if "queries" in data:

@@ -13,6 +13,7 @@ from ecominsight.report import SUPPRESSED, merge_small_buckets, render, suppress
 def test_small_groups_are_hidden_and_merged_only_when_the_merge_reaches_k():
     assert suppress_small({"a": 50, "b": 4, "c": 7, "d": 0}, 10) == ({"a": 50, SUPPRESSED: 11}, ["b", "c"])
     assert suppress_small({"a": 50, "b": 4}, 10) == ({"a": 50}, ["b"])  # 4 users alone: not shown at all
+    assert suppress_small({"a": 50, "b": 4, "c": 7}, 10, merge=False) == ({"a": 50}, ["b", "c"])
 
 
 def test_adjacent_buckets_merge_until_each_holds_k_users():
@@ -43,7 +44,7 @@ def test_the_page_is_self_contained_and_hides_small_groups():
         "models": {"lr": ("v1", metrics), "gbt": ("v1", {"test": {"n": 5, "positive_rate": 0.2}})},
         "segments": {"high_champions": 120, "low_new": 3, "medium_loyal": 0},
         "actions": {"none": 400, "coupon": 95, "win_back": 5},
-        "categories": {"kitchen": 40, "rare thing": 2},
+        "categories": {"kitchen": 40, "rare thing": 2, "odd thing": 9},
         "queries": [{"query": "mug", "users": 12, "searches": 20, "conversion_rate": 0.5, "outcome": "converted"},
                     {"query": "my own name", "users": 1, "searches": 1, "conversion_rate": 0.0, "outcome": "no_follow_up"}],
     }
@@ -60,3 +61,5 @@ def test_the_page_is_self_contained_and_hides_small_groups():
     assert "high_champions" in page and "kitchen" in page and "mug" in page
     assert "fewer than 10" in page and "Users without a clean event: fewer than 10" in page
     assert "gbt: ROC and PR curves hidden" in page
+    # Categories overlap (a user has several), so their small ones are never summed into one entry.
+    assert "2 categories with fewer than 10 users are not shown." in page
