@@ -44,13 +44,14 @@ def test_fused_texts_split_into_their_events_and_join_back(spark):
 
 @pytest.fixture(scope="module")
 def classifier_dir(tiny_encoder, tmp_path_factory):
-    """The tiny encoder with a seeded head, saved as the train stage saves a classifier (max 40 tokens)."""
-    from transformers import AutoModel
+    """The tiny encoder's architecture with seeded weights (the session's tiny encoder is unseeded), saved
+    as the train stage saves a classifier (max 40 tokens)."""
+    from transformers import BertConfig, BertModel
 
     from ecominsight.models.transformer import load_tokenizer
 
     torch.manual_seed(3)
-    model = TextAndNumbersClassifier(AutoModel.from_pretrained(tiny_encoder), len(NUMERIC))
+    model = TextAndNumbersClassifier(BertModel(BertConfig.from_pretrained(tiny_encoder)), len(NUMERIC))
     torch.nn.init.normal_(model.head.weight, std=2.0)
     scaler = NumericScaler.fit(NUMERIC, np.array([[1.0, 0.0], [20.0, 500.0], [5.0, 30.0]]))
     directory = tmp_path_factory.mktemp("classifier")
