@@ -96,6 +96,7 @@ def _print_outputs(lake: Lake, run_id: str, summary: dict) -> None:
         insights = summary["insights"]
         for table, path in insights["paths"].items():
             lines.append(f"  insights: {path}  ({insights['rows'][table]} rows, score_date {insights['score_date']})")
+        lines.append(f"  report:  {insights['report']}")
     print("\n".join(lines))
 
 

@@ -173,6 +173,24 @@ class RecommendationsConfig:
     neighbours_per_item: int = 50  # strongest co-occurring items kept per item
 
 
+@dataclass(frozen=True)
+class SearchConfig:
+    top_queries: int = 20  # queries kept per segment, by searches (and as many zero-conversion ones)
+    conversion_window_days: float = 1.0  # a view/purchase this soon after a search (same user) follows it
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    max_users: int = 50  # top-decile users explained per score day, highest probability first
+    top_events: int = 3  # events kept per user, those that raised the score most
+    batch_size: int = 32  # occluded texts per forward pass
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    min_group_size: int = 10  # k: the report never shows a group of fewer users
+
+
 def _default_propensity_bands() -> list[PropensityBand]:
     return [PropensityBand("high", 1, 2), PropensityBand("medium", 3, 6), PropensityBand("low", 7, 10)]
 
@@ -207,6 +225,9 @@ class InsightsConfig:
     actions: list[ActionRule] = field(default_factory=_default_actions)
     default_action: str = "none"
     recommendations: RecommendationsConfig = field(default_factory=RecommendationsConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 @dataclass(frozen=True)
@@ -263,6 +284,11 @@ _POSITIVE: tuple[str, ...] = (
     "insights.recommendations.min_co_occurrence",
     "insights.recommendations.max_items_per_group",
     "insights.recommendations.neighbours_per_item",
+    "insights.search.top_queries",
+    "insights.search.conversion_window_days",
+    "insights.explain.top_events",
+    "insights.explain.batch_size",
+    "insights.report.min_group_size",
 )
 
 
@@ -470,6 +496,8 @@ def _validate_insights(insights: InsightsConfig) -> None:
         for name in rule.rfm_classes or []:
             if name not in classes:
                 raise ConfigError(f"{key}.rfm_classes: {name!r} is not an RFM class; known: {', '.join(classes)}")
+    if insights.explain.max_users < 0:
+        raise ConfigError(f"insights.explain.max_users: must be 0 (no explanations) or more, got {insights.explain.max_users}")
     price_bands = insights.price_bands
     if price_bands is not None and not (len(price_bands) == 2 and 0 <= price_bands[0] < price_bands[1]):
         raise ConfigError(f"insights.price_bands: expected [low_max, mid_max] with 0 <= low_max < mid_max, got {price_bands}")

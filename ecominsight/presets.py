@@ -24,6 +24,9 @@ EVENT_FIELDS = (
 USER_SOURCE_FIELDS = ("user_id", *USER_FIELDS)
 ITEM_FIELDS = tuple(ITEMS.fieldNames())
 REVIEW_FIELDS = ("user_id", "item_id", "rating", "text")
+# What a preset may tag as personal: the canonical user attributes that reach the output tables.
+# The user id is never listed: it is always pseudonymised (ecominsight/privacy.py).
+PERSONAL_FIELDS = USER_FIELDS
 FORMATS = ("csv", "parquet", "json", "text")
 PACKAGE_PREFIX = "package:"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -129,6 +132,8 @@ class Preset(_Inputs):
     user_source: TableSource | None = None
     item_source: TableSource | None = None
     reviews: dict[str, str] = field(default_factory=dict)  # canonical review field -> raw column
+    # Canonical user attributes that are personal data for this source: dropped from every output table.
+    personal: tuple[str, ...] = ()
     base_dir: str = str(PROJECT_ROOT)
 
 
@@ -180,6 +185,10 @@ def parse_preset(raw: dict[str, Any], *, where: str = "preset", base_dir: str = 
     window = _dataclass_from(WindowSpec, raw["window"], f"{where}: window") if raw.get("window") else None
     rules = tuple(_dataclass_from(RejectRule, rule, f"{where}: reject[{i}]") for i, rule in enumerate(raw.get("reject") or []))
     aliases = {str(k): tuple(v if isinstance(v, list) else [v]) for k, v in (raw.get("aliases") or {}).items()}
+    personal = raw.get("personal") or []
+    if not isinstance(personal, list) or any(str(name) not in PERSONAL_FIELDS for name in personal):
+        raise ConfigError(f"{where}: personal must be a list of canonical user attributes ({', '.join(PERSONAL_FIELDS)}), "
+                          f"got {personal!r}")
     return Preset(
         name=name,
         description=str(raw.get("description", "")),
@@ -197,6 +206,7 @@ def parse_preset(raw: dict[str, Any], *, where: str = "preset", base_dir: str = 
         user_source=_side_source(raw, "user_source", name, where, base_dir),
         item_source=_side_source(raw, "item_source", name, where, base_dir),
         reviews=reviews,
+        personal=tuple(str(name) for name in personal),
         base_dir=base_dir,
     )
 

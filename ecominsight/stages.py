@@ -15,7 +15,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ecominsight import data_quality, schema
+from ecominsight import data_quality, privacy, schema
 from ecominsight.config import Config, ConfigError, config_to_dict
 from ecominsight.io import Lake, LakeError, read_json, read_source, staging_area, write_json
 from ecominsight.presets import Preset, load_preset
@@ -329,7 +329,9 @@ def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
     version = registry.resolve_version(lake, TRANSFORMER_MODEL, settings.model_version)
     lr_version = registry.resolve_version(lake, LR_MODEL, version if lake.model_dir(LR_MODEL, version).is_dir() else "latest")
     model_dir = lake.model_dir(TRANSFORMER_MODEL, version)
-    current = lake.read(spark, "features", "current_sequences", written_by="fuse")
+    # Pseudonyms from the start: incremental mode then compares them with the stored ones.
+    current = privacy.pseudonymise(lake.read(spark, "features", "current_sequences", written_by="fuse"),
+                                   privacy.resolve_key(lake.root))
     as_of = current.agg(F.max("as_of")).first()[0]
     score_date = dt.date.fromisoformat(settings.score_date) if settings.score_date else as_of
 
@@ -372,19 +374,47 @@ def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
     n_scored = lake.read(spark, "scores", "user_scores", written_by="score").filter(F.col("score_date") == F.lit(score_date)).count()
     summary = {"model_version": version, "baseline_model_version": lr_version, "score_date": score_date.isoformat(),
                "mode": settings.mode, "precision": settings.precision, "users_scored": n_scored,
-               "users_rescored": n_rescored if n_rescored is not None else n_scored, "path": path}
+               "users_rescored": n_rescored if n_rescored is not None else n_scored, "path": path,
+               "users_explained": _explain_top_decile(spark, config, lake, current, score_date, model_dir)}
     write_json(lake.report_dir(run_id) / "score.json", summary)
     log.info("score: %d users in %s (%s rescored, %s mode) with model %s", n_scored, score_date,
              summary["users_rescored"], settings.mode, version)
     return summary
 
 
-INSIGHT_TABLES = ("user_profiles", "segments", "marketing_actions", "recommendations")
+def _explain_top_decile(spark: SparkSession, config: Config, lake: Lake, current: DataFrame, score_date: dt.date,
+                        model_dir) -> int:
+    """The day's decile-1 users, highest probability first (`insights.explain.max_users`) ->
+    scores/explanations/score_date=<day>/ (occlusion, ecominsight/models/attribution.py). Returns the rows."""
+    from ecominsight.models import attribution
+    from ecominsight.models.classifier import META_FILE
+
+    settings = config.insights.explain
+    if settings.max_users == 0:
+        return 0
+    day = lake.read(spark, "scores", "user_scores", written_by="score").filter(
+        (F.col("score_date") == F.lit(score_date)) & (F.col("score_decile") == 1))
+    top = day.orderBy(F.desc("probability"), "user_id").limit(settings.max_users) \
+        .select("user_id", "probability", "score_decile", "model_version")
+    # A few users: spread them over the cores, each task loads the model once.
+    users = top.join(current, "user_id").repartition(spark.sparkContext.defaultParallelism)
+    explained = attribution.explain_users(
+        users, str(model_dir), numeric_names=read_json(model_dir / META_FILE)["numeric"]["names"],
+        top_events=settings.top_events, batch_size=settings.batch_size, torch_threads=config.score.torch_threads)
+    rows = explained.join(top, "user_id").select(
+        "user_id", "probability", "explained_probability", "score_decile", "model_version", "events_occluded", "events",
+        F.lit(score_date).cast("date").alias("score_date"))
+    lake.write(rows, "scores", "explanations", partition_by=["score_date"])
+    return lake.read(spark, "scores", "explanations", written_by="score").filter(F.col("score_date") == F.lit(score_date)).count()
 
 
 def run_insights(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
     """clean/{events,users,items} + features/current_sequences + one score_date of scores/user_scores
-    -> insights/{user_profiles,segments,marketing_actions,recommendations} + reports/<run_id>/insights.json."""
+    -> insights/{user_profiles,segments,marketing_actions,recommendations[,search_insights]}
+    + reports/<run_id>/{insights.json,report.html}. User ids are pseudonymised (as in the scores) and
+    the preset's personal columns dropped before anything is written."""
+    from ecominsight import report
+
     settings = config.insights
     scores = lake.read(spark, "scores", "user_scores", written_by="score")
     score_date = dt.date.fromisoformat(settings.score_date) if settings.score_date else scores.agg(F.max("score_date")).first()[0]
@@ -392,16 +422,18 @@ def run_insights(spark: SparkSession, config: Config, lake: Lake, run_id: str) -
     if score_date is None or day_scores.isEmpty():
         raise LakeError(f"scores/user_scores has no rows for score_date {score_date}; run the 'score' stage for that "
                         "day, or leave insights.score_date unset to describe the latest scores")
-    events = lake.read(spark, "clean", "events", written_by="clean")
+    key = privacy.resolve_key(lake.root)
+    personal = load_preset(config.source.preset).personal
+    events = privacy.pseudonymise(lake.read(spark, "clean", "events", written_by="clean"), key)
     items = lake.read(spark, "clean", "items", written_by="clean")
     segment_rules = dict(propensity_bands=settings.propensity_bands, rfm_classes=settings.rfm_classes,
                          default_rfm_class=settings.default_rfm_class)
     profiles = insights.user_profiles(
-        events, lake.read(spark, "clean", "users", written_by="clean"), items,
-        lake.read(spark, "features", "current_sequences", written_by="fuse"), day_scores,
+        events, privacy.pseudonymise(lake.read(spark, "clean", "users", written_by="clean"), key), items,
+        privacy.pseudonymise(lake.read(spark, "features", "current_sequences", written_by="fuse"), key), day_scores,
         top_k=settings.top_k_interests, price_bands=settings.price_bands, **segment_rules,
     )
-    paths = {"user_profiles": lake.write(profiles, "insights", "user_profiles")}
+    paths = {"user_profiles": lake.write(privacy.drop_personal(profiles, personal), "insights", "user_profiles")}
     # The other tables start from the written profiles, so the profile joins run once.
     profiles = lake.read(spark, "insights", "user_profiles", written_by="insights")
     picks = settings.recommendations
@@ -415,9 +447,17 @@ def run_insights(spark: SparkSession, config: Config, lake: Lake, run_id: str) -
             neighbours_per_item=picks.neighbours_per_item,
         ).withColumn("score_date", day),
     }
+    has_searches = not events.where((F.col("event_type") == "search") & F.col("query").isNotNull()).isEmpty()
+    if has_searches:
+        tables["search_insights"] = insights.search_insights(
+            events, profiles, top_queries=settings.search.top_queries,
+            conversion_window_days=settings.search.conversion_window_days).withColumn("score_date", day)
+    else:
+        # A source without searches has no search table, and one from an earlier source must not survive.
+        lake.drop("insights", "search_insights")
     for table, frame in tables.items():
-        paths[table] = lake.write(frame, "insights", table)
-    written = {table: lake.read(spark, "insights", table, written_by="insights") for table in INSIGHT_TABLES}
+        paths[table] = lake.write(privacy.drop_personal(frame, personal), "insights", table)
+    written = {table: lake.read(spark, "insights", table, written_by="insights") for table in ("user_profiles", *tables)}
     summary = {
         "score_date": score_date.isoformat(),
         "rows": {table: frame.count() for table, frame in written.items()},
@@ -425,6 +465,8 @@ def run_insights(spark: SparkSession, config: Config, lake: Lake, run_id: str) -
         "action_counts": dict(sorted((r["action"], r["count"]) for r in written["marketing_actions"].groupBy("action").count().collect())),
         "paths": paths,
     }
+    summary["report"] = str(report.write_report(spark, lake, run_id, score_date=score_date,
+                                                min_group_size=settings.report.min_group_size))
     write_json(lake.report_dir(run_id) / "insights.json", summary)
     log.info("insights: %d users profiled for %s, actions %s", summary["rows"]["user_profiles"], score_date,
              summary["action_counts"])

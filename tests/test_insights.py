@@ -10,6 +10,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from ecominsight import schema
 from ecominsight.config import ActionRule, ConfigError, InsightsConfig, RFMClassRule, load_config
+from ecominsight.models.scoring import with_score_decile
 from ecominsight.transforms import fuse, insights
 
 AS_OF = dt.date(2020, 3, 1)
@@ -32,8 +33,10 @@ def purchase(user, day, item, price, basket=None):
 
 
 def scores_frame(spark, probabilities):
-    return spark.createDataFrame([(u, p, "v1", SCORE_DATE) for u, p in probabilities.items()],
-                                 "user_id string, probability double, model_version string, score_date date")
+    """Scores as the score stage writes them: day-wide `score_decile` from the same cut points."""
+    scores = spark.createDataFrame([(u, p, "v1", SCORE_DATE) for u, p in probabilities.items()],
+                                   "user_id string, probability double, model_version string, score_date date")
+    return with_score_decile(scores, cut_points=scores.approxQuantile("probability", [i / 10 for i in range(1, 10)], 1e-4))
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +313,53 @@ def test_rules_from_yaml_become_typed_objects():
                                    "rfm_classes: [dormant]}]", "insights.price_bands=[10, 50]"])
     assert config.insights.actions == [ActionRule("lapsed", "win_back", min_recency_days=90.0, rfm_classes=["dormant"])]
     assert config.insights.price_bands == [10.0, 50.0]
+
+
+def test_search_insights_rank_queries_and_find_zero_conversion_ones(spark):
+    t = dt.datetime(2020, 1, 1, 10)
+    minutes, days = dt.timedelta(minutes=1), dt.timedelta(days=1)
+    rows = [  # user, ts, event_type, item, session, query
+        ("u1", t - minutes, "view", "i1", "s1", None),       # before the search: does not follow it
+        ("u1", t, "search", None, "s1", "Mug"),
+        ("u1", t + 5 * minutes, "view", "i1", "s1", None),
+        ("u1", t + 10 * minutes, "purchase", "i1", "s1", None),  # same session: converted
+        ("u2", t, "search", None, None, "lamp"),
+        ("u2", t + 2 * minutes, "view", "i2", None, None),   # within a day: viewed, never bought
+        ("u2", t + 3 * days, "search", None, None, " lamp"),
+        ("u2", t + 5 * days, "view", "i2", None, None),      # two days later: follows no search
+        ("u3", t, "search", None, None, "sofa"),
+        ("u3", t + 10 * days, "search", None, None, "mug"),
+        ("u3", t + 10 * days + minutes, "purchase", "i1", None, None),
+        ("u4", t, "search", None, "s9", "desk"),
+        ("u4", t + 30 * minutes, "purchase", "i3", "s10", None),  # another session: does not follow it
+        ("u5", t, "search", None, None, "chair"),                 # not profiled: left out
+    ]
+    events = spark.createDataFrame(
+        [(u, ts, kind, item, None, None, None, None, query, session, "unit", ts.date()) for u, ts, kind, item, session, query in rows],
+        schema.EVENTS)
+    profiles = spark.createDataFrame([("u1", "high_x"), ("u2", "low_y"), ("u3", "high_x"), ("u4", "low_y")],
+                                     "user_id string, segment string")
+
+    def table(top):
+        return {(r["segment"], r["query"]): (r["searches"], r["users"], r["searches_with_view"], r["searches_with_purchase"],
+                                             r["outcome"], r["zero_conversion"], r["rank"], r["zero_conversion_rank"])
+                for r in insights.search_insights(events, profiles, top_queries=top, conversion_window_days=1.0).collect()}
+
+    assert table(10) == {
+        ("all", "lamp"): (2, 1, 1, 0, "viewed_no_purchase", True, 1, 1),
+        ("all", "mug"): (2, 2, 1, 2, "converted", False, 2, None),
+        ("all", "desk"): (1, 1, 0, 0, "no_follow_up", False, 3, None),
+        ("all", "sofa"): (1, 1, 0, 0, "no_follow_up", False, 4, None),
+        ("high_x", "mug"): (2, 2, 1, 2, "converted", False, 1, None),
+        ("high_x", "sofa"): (1, 1, 0, 0, "no_follow_up", False, 2, None),
+        ("low_y", "lamp"): (2, 1, 1, 0, "viewed_no_purchase", True, 1, 1),
+        ("low_y", "desk"): (1, 1, 0, 0, "no_follow_up", False, 2, None),
+    }
+    # One query per segment, plus the segment's top zero-conversion query where that is another one.
+    assert set(table(1)) == {("all", "lamp"), ("high_x", "mug"), ("low_y", "lamp")}
+    conversion = {r["query"]: r["conversion_rate"] for r in insights.search_insights(
+        events, profiles, top_queries=10, conversion_window_days=1.0).where("segment = 'all'").collect()}
+    assert conversion == {"lamp": 0.0, "mug": 1.0, "desk": 0.0, "sofa": 0.0}
+    # A week-long window lets u2's second view follow the second lamp search too.
+    wide = insights.search_insights(events, profiles, top_queries=10, conversion_window_days=7.0)
+    assert wide.where("segment = 'all' AND query = 'lamp'").first()["searches_with_view"] == 2

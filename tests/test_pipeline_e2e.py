@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import duckdb
@@ -12,6 +14,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
+from ecominsight import privacy
 from ecominsight.config import load_config
 from ecominsight.io import read_json
 from ecominsight.stages import run_score
@@ -134,7 +137,8 @@ def test_insight_tables_cover_every_scored_user_once(pipeline_run):
     per_user = recommended.groupBy("user_id").count()
     assert 0 < per_user.agg(F.max("count")).first()[0] <= config.insights.recommendations.top_k
     assert recommended.join(profiles, "user_id", "left_anti").count() == 0
-    bought = lake.read(spark, "clean", "events", written_by="clean").filter(F.col("event_type") == "purchase")
+    bought = privacy.pseudonymise(lake.read(spark, "clean", "events", written_by="clean"), privacy.resolve_key(lake.root)) \
+        .filter(F.col("event_type") == "purchase")
     assert recommended.join(bought, ["user_id", "item_id"], "left_semi").count() == 0
     ((with_interests,),) = duckdb.sql(f"SELECT count(*) FROM read_parquet('{lake.table_path('insights', 'user_profiles')}/*.parquet') "
                                       "WHERE len(top_categories) > 0").fetchall()
@@ -198,3 +202,73 @@ def test_a_write_that_fails_halfway_leaves_the_previous_partition_readable(pipel
     assert _day_rows(spark, lake, day) == before
     # The aborted job removed its staging folder: nothing half-written is left for any reader.
     assert not [p for p in Path(table).iterdir() if p.name.startswith(".spark-staging")]
+
+
+# Every output table with user ids (insights/segments has none).
+OUTPUT_TABLES = [("scores", "user_scores"), ("scores", "explanations"), ("insights", "user_profiles"),
+                 ("insights", "marketing_actions"), ("insights", "recommendations")]
+
+
+def test_user_ids_in_every_output_are_keyed_pseudonyms(pipeline_run):
+    spark, _, lake, _ = pipeline_run
+    raw_ids = {r["user_id"] for r in lake.read(spark, "clean", "events", written_by="clean").select("user_id").distinct().collect()}
+    key = privacy.resolve_key(lake.root)  # no ECOMINSIGHT_PSEUDONYM_KEY here: the lake's own key file
+    expected = {privacy.pseudonym(u, key) for u in raw_ids}
+    for zone, table in OUTPUT_TABLES:
+        ids = {r["user_id"] for r in spark.read.parquet(lake.table_path(zone, table)).select("user_id").distinct().collect()}
+        assert ids and ids <= expected and not ids & raw_ids, (zone, table)
+    assert not lake.exists("insights", "search_insights")  # Online Retail has no searches
+    page = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", (lake.report_dir("e2e") / "report.html").read_text())
+    assert not {u for u in raw_ids if re.search(rf"\b{re.escape(u)}\b", page)}
+
+
+def test_profiles_use_the_score_deciles_and_top_users_are_explained(pipeline_run):
+    spark, config, lake, summary = pipeline_run
+    scores = spark.read.parquet(lake.table_path("scores", "user_scores")).filter(F.col("score_date") == summary["score"]["score_date"])
+    profiles = lake.read(spark, "insights", "user_profiles", written_by="insights")
+    joined = profiles.join(scores, "user_id")
+    assert joined.count() == profiles.count() and joined.filter(F.col("propensity_decile") != F.col("score_decile")).count() == 0
+    explanations = spark.read.parquet(lake.table_path("scores", "explanations")).filter(
+        F.col("score_date") == summary["score"]["score_date"])
+    rows = explanations.collect()
+    top = scores.filter(F.col("score_decile") == 1).count()
+    assert len(rows) == summary["score"]["users_explained"] == min(top, config.insights.explain.max_users) > 0
+    assert {r["score_decile"] for r in rows} == {1}
+    for row in rows:
+        assert row["explained_probability"] == pytest.approx(row["probability"], abs=1e-4)
+        assert len(row["events"]) <= config.insights.explain.top_events and row["events_occluded"] >= len(row["events"])
+        contributions = [e["contribution"] for e in row["events"]]
+        assert contributions == sorted(contributions, reverse=True) and all(c > 0 for c in contributions)
+    assert any(row["events"] for row in rows)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000"]
+
+
+def test_report_renders_in_headless_chromium_without_errors(pipeline_run, tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium): the browser check of report.html needs it")
+    _, _, lake, _ = pipeline_run
+    page = (lake.report_dir("e2e") / "report.html").as_uri()
+
+    def chromium(*flags):
+        return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *flags, page],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    dumped = chromium("--dump-dom")
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    # Console messages (script errors, refused loads under the page's Content-Security-Policy) are logged as CONSOLE.
+    assert [line for line in dumped.stderr.splitlines() if ":CONSOLE" in line] == []
+    body = re.search(r"<body([^>]*)>", dumped.stdout).group(1)
+    status = dict(re.findall(r'([a-z-]+)="([^"]*)"', body))
+    assert status["data-status"] == "ok" and int(status["data-plots"]) == int(status["data-plots-decoded"]) >= 9
+    for section in ("data-quality", "label-balance", "models", "segments", "categories", "actions"):
+        assert f'<section id="{section}">' in dumped.stdout
+    for title in ("ROC curve (test)", "Precision-recall curve (test)", "Calibration (reliability, test)", "Decile lift (test)",
+                  "Cumulative gain (test)"):
+        assert f'alt="{title}"' in dumped.stdout
+    shot = tmp_path / "report.png"
+    captured = chromium("--window-size=1200,4000", f"--screenshot={shot}")
+    assert captured.returncode == 0 and shot.stat().st_size > 20_000

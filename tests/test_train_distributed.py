@@ -121,3 +121,18 @@ def test_barrier_mode_trains_on_the_executors(flat_run):
     metrics = run_stage("train", spark, config, lake, "flat-barrier")["train"]["transformer"]
     assert metrics["world_size"] == 2 and len(metrics["history"]) == 1
     assert 0.0 <= metrics["test"]["roc_auc"] <= 1.0
+
+
+def test_search_queries_of_the_flat_table_become_search_insights(flat_run):
+    spark, lake, summary, _ = flat_run
+    assert summary["insights"]["rows"]["search_insights"] > 0
+    table = lake.read(spark, "insights", "search_insights", written_by="insights")
+    everyone = table.filter(F.col("segment") == "all").collect()
+    assert any("\u4e00" <= c <= "\u9fff" for r in everyone for c in r["query"])  # Chinese queries survive
+    assert sorted(r["rank"] for r in everyone) == list(range(1, len(everyone) + 1))
+    # The flat table records searches only: nothing follows them, so no query converts or is zero-conversion.
+    assert {(r["outcome"], r["zero_conversion"]) for r in everyone} == {("no_follow_up", False)}
+    profiles = lake.read(spark, "insights", "user_profiles", written_by="insights")
+    segments = {r["segment"] for r in table.select("segment").distinct().collect()}
+    assert "all" in segments and segments - {"all"} <= {r["segment"] for r in profiles.select("segment").distinct().collect()}
+    assert '<section id="search">' in (lake.report_dir("flat") / "report.html").read_text()

@@ -17,10 +17,12 @@ from sklearn.metrics import (
     f1_score,
     precision_recall_curve,
     roc_auc_score,
+    roc_curve,
 )
 
 BOOTSTRAP_RESAMPLES = 500
 CALIBRATION_BINS = 10
+CURVE_POINTS = 200  # at most this many points of each stored ROC / PR curve
 
 
 def best_f1_threshold(labels: Sequence[int], probabilities: Sequence[float]) -> float:
@@ -65,6 +67,24 @@ def reliability_curve(labels: np.ndarray, probabilities: np.ndarray, *, bins: in
     return curve
 
 
+def _thin(*series: np.ndarray, limit: int = CURVE_POINTS) -> list[list[float]]:
+    """At most `limit` points, evenly spaced along the curve, the first and last always kept."""
+    n = len(series[0])
+    keep = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int)) if n else np.zeros(0, dtype=int)
+    return [[round(float(v), 6) for v in s[keep]] for s in series]
+
+
+def curves(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, dict[str, list[float]]]:
+    """ROC (fpr, tpr) and precision-recall (recall, precision) points, for plotting; {} with one class."""
+    if labels.size == 0 or labels.min() == labels.max():
+        return {}
+    fpr, tpr, _ = roc_curve(labels, probabilities)
+    precision, recall, _ = precision_recall_curve(labels, probabilities)
+    fpr, tpr = _thin(fpr, tpr)
+    recall, precision = _thin(recall, precision)
+    return {"roc_curve": {"fpr": fpr, "tpr": tpr}, "pr_curve": {"recall": recall, "precision": precision}}
+
+
 def decile_lift(labels: np.ndarray, probabilities: np.ndarray) -> list[dict]:
     """Users ranked by probability, cut into 10 deciles (1 = highest): positive rate and lift."""
     if labels.size < 10 or labels.sum() == 0:
@@ -84,7 +104,8 @@ def binary_metrics(labels: Sequence[int], probabilities: Sequence[float], *, thr
                    detailed: bool = False) -> dict[str, Any]:
     """Accuracy and F1 at `threshold`, ROC-AUC and average precision (None where undefined).
 
-    `detailed` adds bootstrap intervals, Brier score, the reliability curve and decile lift."""
+    `detailed` adds bootstrap intervals, Brier score, the reliability curve, decile lift and the
+    ROC and precision-recall curve points."""
     y = np.asarray(labels, dtype=int)
     p = np.asarray(probabilities, dtype=float)
     both_classes = y.size > 0 and y.min() != y.max()
@@ -109,6 +130,7 @@ def binary_metrics(labels: Sequence[int], probabilities: Sequence[float], *, thr
             "brier": float(brier_score_loss(y, p)),
             "reliability": reliability_curve(y, p),
             "decile_lift": decile_lift(y, p),
+            **curves(y, p),
         })
     return result
 

@@ -20,6 +20,8 @@ TIME_FEATURES = ("recency_days", "purchase_recency_days", "tenure_days", "mean_b
 NUMERIC_FEATURES = AGGREGATE_FEATURES + TIME_FEATURES
 SPLITS = ("train", "valid", "test")
 SEQUENCE_SEPARATOR = " ; "
+ATTRIBUTE_SEPARATOR = " [SEP] "  # between the attributes and the behaviour events
+NO_HISTORY = "no history"
 # A user who never bought gets this "days since last purchase": longer than any real history.
 NEVER_PURCHASED_DAYS = 3650.0
 
@@ -192,8 +194,8 @@ def fuse_user_sequences(
         .fillna(0.0, subset=list(NUMERIC_FEATURES))
         .fillna(0, subset=["n_events_in_text"])
     )
-    sequence = F.concat_ws(" [SEP] ", F.when(F.col("attributes") != "", F.col("attributes")), F.col("behaviour"))
-    fused = fused.withColumn("text", F.coalesce(F.when(sequence != "", sequence), F.lit("no history")))
+    sequence = F.concat_ws(ATTRIBUTE_SEPARATOR, F.when(F.col("attributes") != "", F.col("attributes")), F.col("behaviour"))
+    fused = fused.withColumn("text", F.coalesce(F.when(sequence != "", sequence), F.lit(NO_HISTORY)))
     if labels is None:
         fused = fused.withColumn("label", F.lit(None).cast("int"))
     else:

@@ -2,7 +2,7 @@
 
 Pure DataFrame -> DataFrame transforms with keyword parameters: no I/O, no actions.
 
-Quantile scores (RFM quintiles, propensity deciles, price terciles) are cut at `percentile_approx`
+Quantile scores (RFM quintiles, price terciles) are cut at `percentile_approx`
 boundaries rather than with a global `ntile` window: a window without a partition moves every user
 onto one task, and `ntile` gives equal values different scores. With boundaries, equal values share
 a score, so a score can be skipped when many users tie (for example everyone with one basket).
@@ -124,14 +124,17 @@ def user_profiles(
     cart abandonment, top categories and brands, price band, propensity decile, band and segment.
 
     Input: canonical events, users and items; `current` = features/current_sequences (RFM and
-    counts as of its `as_of`); `scores` = one score_date of scores/user_scores. Output: PROFILE_COLUMNS.
+    counts as of its `as_of`); `scores` = one score_date of scores/user_scores (its `score_decile`
+    becomes `propensity_decile`). Output: PROFILE_COLUMNS.
     Categories: the event's or else the item's category; an event of an item without one counts
     its title instead (kind `title`), so title-only sources such as Online Retail still get interests.
-    Quintiles are over the users who bought; those who never did have no RFM scores. Deciles are over
-    all scored users, 1 = highest propensity. Price bands: `price_bands` = [low_max, mid_max], or
+    Quintiles are over the users who bought; those who never did have no RFM scores. Deciles are the
+    score stage's, over all users scored that day, 1 = highest propensity. Price bands: `price_bands` = [low_max, mid_max], or
     None for the terciles of the users' median purchase prices.
     """
-    scored = scores.select("user_id", F.col("probability").alias("propensity"), "model_version", "score_date")
+    # One notion of decile: the score table's day-wide `score_decile`, not a second cut here.
+    scored = scores.select("user_id", F.col("probability").alias("propensity"),
+                           F.col("score_decile").cast("int").alias("propensity_decile"), "model_version", "score_date")
     has_purchased = F.coalesce(F.col("n_purchase"), F.lit(0.0)) > 0
     features = current.select(
         "user_id", "as_of",
@@ -179,7 +182,6 @@ def user_profiles(
         _boundaries(F.when(bought, -F.col("recency_days")), 5).alias("_recency_bounds"),
         _boundaries(F.when(bought, F.col("frequency")), 5).alias("_frequency_bounds"),
         _boundaries(F.when(bought, F.col("monetary")), 5).alias("_monetary_bounds"),
-        _boundaries(F.col("propensity"), 10).alias("_decile_bounds"),
         _boundaries(F.col("median_purchase_price"), 3).alias("_price_bounds"),
     )
     price_bounds = F.col("_price_bounds") if price_bands is None else F.array(*[F.lit(float(b)) for b in price_bands])
@@ -188,8 +190,6 @@ def user_profiles(
         (1 + _count_below(F.when(bought, -F.col("recency_days")), F.col("_recency_bounds"))).alias("recency_score"),
         (1 + _count_below(F.when(bought, F.col("frequency")), F.col("_frequency_bounds"))).alias("frequency_score"),
         (1 + _count_below(F.when(bought, F.col("monetary")), F.col("_monetary_bounds"))).alias("monetary_score"),
-        # 1 = highest: one plus the number of decile boundaries at or above the user's probability.
-        (1 + F.size(F.filter("_decile_bounds", lambda b: b >= F.col("propensity")))).alias("propensity_decile"),
         _price_band(_count_below(F.col("median_purchase_price"), price_bounds)).alias("price_band"),
     )
     rfm_class = _first_match([(_rfm_class_condition(rule), F.lit(rule.name)) for rule in rfm_classes],
@@ -345,3 +345,60 @@ def recommendations(
         .join(items.select(F.col("item_id").alias("candidate"), "title"), "candidate", "left")
         .select("user_id", F.col("rank").cast("int").alias("rank"), F.col("candidate").alias("item_id"), "title", "score")
     )
+
+
+ALL_SEGMENTS = "all"
+SEARCH_COLUMNS = (
+    "segment", "query", "searches", "users", "searches_with_view", "searches_with_purchase", "conversion_rate",
+    "outcome", "zero_conversion", "rank", "zero_conversion_rank",
+)
+
+
+def search_insights(events: DataFrame, profiles: DataFrame, *, top_queries: int, conversion_window_days: float) -> DataFrame:
+    """The most searched queries and the zero-conversion ones, per segment and over everyone.
+
+    A search is *followed by* a view (a purchase) when the same user views (buys) at or after the
+    search's time: in the same session when the search has a `session_id`, else within
+    `conversion_window_days`. Per query: `outcome` = `converted` (some search was followed by a
+    purchase), `viewed_no_purchase` (followed by views, never by a purchase: the zero-conversion
+    queries) or `no_follow_up` (neither). Queries are compared lower-cased and trimmed.
+
+    Input: canonical events; user_profiles' output (user_id, segment). Output: SEARCH_COLUMNS, one row
+    per (segment, query) among the segment's `top_queries` most searched queries or its
+    `top_queries` most searched zero-conversion ones; segment `all` covers every profiled user.
+    Searches of users without a profile are left out."""
+    query = F.lower(F.trim(F.col("query")))
+    searches = events.where((F.col("event_type") == "search") & query.isNotNull() & (query != "")) \
+        .select("user_id", "ts", "session_id", query.alias("query"))
+    follow_ups = events.where(F.col("event_type").isin("view", "purchase")).select(
+        F.col("user_id").alias("_f_user"), F.col("ts").alias("_f_ts"), F.col("session_id").alias("_f_session"),
+        F.col("event_type").alias("_f_type"),
+    )
+    window_end = F.col("ts") + F.make_dt_interval(secs=F.lit(float(conversion_window_days) * 86_400.0))
+    follows = (
+        (F.col("_f_user") == F.col("user_id")) & (F.col("_f_ts") >= F.col("ts"))
+        & F.when(F.col("session_id").isNotNull(), F.col("_f_session") == F.col("session_id"))
+        .otherwise(F.col("_f_ts") < window_end)
+    )
+    # Clean removed duplicate events, so (user, time, session, query) names one search.
+    per_search = searches.join(follow_ups, follows, "left").groupBy("user_id", "ts", "session_id", "query").agg(
+        F.max((F.col("_f_type") == "view").cast("int")).alias("_viewed"),
+        F.max((F.col("_f_type") == "purchase").cast("int")).alias("_bought"),
+    ).join(profiles.select("user_id", "segment"), "user_id")
+    everyone = per_search.withColumn("segment", F.lit(ALL_SEGMENTS))
+    counts = per_search.unionByName(everyone).groupBy("segment", "query").agg(
+        F.count(F.lit(1)).alias("searches"),
+        F.countDistinct("user_id").alias("users"),
+        F.sum(F.coalesce("_viewed", F.lit(0))).cast("long").alias("searches_with_view"),
+        F.sum(F.coalesce("_bought", F.lit(0))).cast("long").alias("searches_with_purchase"),
+    )
+    outcome = (F.when(F.col("searches_with_purchase") > 0, F.lit("converted"))
+               .when(F.col("searches_with_view") > 0, F.lit("viewed_no_purchase")).otherwise(F.lit("no_follow_up")))
+    counts = counts.withColumn("conversion_rate", F.col("searches_with_purchase") / F.col("searches")) \
+        .withColumn("outcome", outcome).withColumn("zero_conversion", F.col("outcome") == "viewed_no_purchase")
+    by_searches = Window.partitionBy("segment").orderBy(F.desc("searches"), "query")
+    zero_first = Window.partitionBy("segment", "zero_conversion").orderBy(F.desc("searches"), "query")
+    ranked = counts.withColumn("rank", F.row_number().over(by_searches)).withColumn(
+        "zero_conversion_rank", F.when(F.col("zero_conversion"), F.row_number().over(zero_first)))
+    return ranked.where((F.col("rank") <= top_queries) | (F.col("zero_conversion_rank") <= top_queries)) \
+        .select(*SEARCH_COLUMNS)

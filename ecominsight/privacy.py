@@ -1,0 +1,97 @@
+"""Privacy of the output tables: keyed pseudonyms for user ids, and personal columns dropped.
+
+Every table a stage writes for analysts (scores/*, insights/*, the report) carries
+`user_id = hex(HMAC-SHA256(key, raw user id))` instead of the raw id. The key comes from the
+environment variable `ECOMINSIGHT_PSEUDONYM_KEY`, never from a config file, and is never logged.
+Without it, a random key is created once per lake in `<lake>/_secrets/pseudonym.key` (mode 0600)
+and reused, so pseudonyms stay stable across runs on that lake (incremental scoring joins on
+them) and a warning says so. The same key always gives the same pseudonym; another key gives
+other pseudonyms, so a changed key makes every user look new to incremental scoring.
+
+The hash runs in a pandas UDF whose closure holds the key, rather than as Spark SQL built-ins
+(`sha2` over `key XOR pad || id`): a literal key would be printed in every query plan, which
+Spark shows in its UI, event log and `explain()` output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+log = logging.getLogger(__name__)
+
+KEY_ENV = "ECOMINSIGHT_PSEUDONYM_KEY"
+KEY_FILE = Path("_secrets") / "pseudonym.key"
+MIN_KEY_BYTES = 16  # a shorter key can be brute-forced against known ids
+
+
+class PrivacyError(RuntimeError):
+    """The pseudonym key is unusable (too short, or its file is readable by others)."""
+
+
+def resolve_key(lake_root: str | Path) -> bytes:
+    """The pseudonym key: `$ECOMINSIGHT_PSEUDONYM_KEY` (UTF-8), else the lake's key file, created
+    with a random 32-byte key and mode 0600 on first use. Raises PrivacyError for a key shorter
+    than 16 bytes or a key file that others may read."""
+    from_env = os.environ.get(KEY_ENV)
+    if from_env:
+        key = from_env.encode("utf-8")
+        if len(key) < MIN_KEY_BYTES:
+            raise PrivacyError(f"{KEY_ENV} is shorter than {MIN_KEY_BYTES} bytes; use a long random secret")
+        return key
+    path = Path(lake_root) / KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        # O_EXCL: two runs starting at once must not each write a different key.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+            log.warning("%s is not set: created a random pseudonym key for this lake in %s (mode 0600). Keep it "
+                        "with the lake: a new key gives every user a new pseudonym", KEY_ENV, path)
+    if path.stat().st_mode & 0o077:
+        raise PrivacyError(f"{path} is readable by other users; run `chmod 600 {path}`")
+    log.warning("%s is not set: user ids are pseudonymised with the lake's key file %s", KEY_ENV, path)
+    return path.read_text().strip().encode("utf-8")
+
+
+def pseudonym(user_id: str, key: bytes) -> str:
+    """hex(HMAC-SHA256(key, user_id)): 64 lower-case hex digits."""
+    return hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def pseudonym_column(column: Column | str, key: bytes) -> Column:
+    """Column expression: the pseudonym of each (string) value; null stays null."""
+
+    @F.pandas_udf("string")
+    def _pseudonym(ids: pd.Series) -> pd.Series:
+        import hashlib as _hashlib
+        import hmac as _hmac
+
+        return ids.map(lambda v: None if v is None else _hmac.new(key, str(v).encode("utf-8"), _hashlib.sha256).hexdigest())
+
+    return _pseudonym(F.col(column) if isinstance(column, str) else column)
+
+
+def pseudonymise(frame: DataFrame, key: bytes, *, column: str = "user_id") -> DataFrame:
+    """`frame` with `column` replaced by its pseudonym (same name, same position)."""
+    return frame.withColumn(column, pseudonym_column(column, key))
+
+
+def drop_personal(frame: DataFrame, personal: Sequence[str]) -> DataFrame:
+    """`frame` without the columns the source preset tags as personal (those it has)."""
+    present = [name for name in personal if name in frame.columns]
+    return frame.drop(*present) if present else frame
