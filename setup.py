@@ -21,7 +21,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["ecominsight", "ecominsight.*"]),
-    package_data={"ecominsight.data": ["*.parquet", "README.md"]},
+    package_data={"ecominsight.data": ["*.parquet", "*.json", "README.md"]},
     install_requires=pinned_requirements(),
     entry_points={"console_scripts": ["ecominsight=ecominsight.cli:main"]},
     license="Apache-2.0",
