@@ -148,8 +148,34 @@ def _max_stage_id(spark) -> int:
     return max(ids, default=-1) + 1
 
 
-def run_spark(spark, preset: str, *, lake_dir: Path, overrides: list[str] = ()) -> dict[str, Any]:
-    """ecominsight clean + fuse of `preset` into a fresh lake: seconds, counts, peak memory, profile."""
+class _Deadline:
+    """Cancels every Spark job after `seconds` (and keeps cancelling until the run gives up)."""
+
+    def __init__(self, spark, seconds: float | None):
+        self.spark, self.seconds, self.expired = spark, seconds, False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        if self.seconds is None or self._stop.wait(self.seconds):
+            return
+        self.expired = True
+        while not self._stop.is_set():
+            self.spark.sparkContext.cancelAllJobs()
+            self._stop.wait(2)
+
+    def __enter__(self) -> "_Deadline":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_spark(spark, preset: str, *, lake_dir: Path, overrides: list[str] = (), timeout_s: float | None = None) -> dict[str, Any]:
+    """ecominsight clean + fuse of `preset` into a fresh lake: seconds, counts, peak memory, profile.
+    A run past `timeout_s` is cancelled and reported as not finished (its time as a lower bound)."""
     from ecominsight import stages
     from ecominsight.config import load_config
     from ecominsight.io import Lake
@@ -158,12 +184,21 @@ def run_spark(spark, preset: str, *, lake_dir: Path, overrides: list[str] = ()) 
     lake = Lake(config.lake_path)
     first_stage = _max_stage_id(spark)
     jvm_pid = spark.sparkContext._gateway.proc.pid
-    with PeakSampler(jvm_pid) as sampler:
-        started = time.perf_counter()
-        clean = stages.run_clean(spark, config, lake, "bench")
-        cleaned = time.perf_counter()
-        fused = stages.run_fuse(spark, config, lake, "bench")
-        done = time.perf_counter()
+    started = cleaned = time.perf_counter()
+    try:
+        with PeakSampler(jvm_pid) as sampler, _Deadline(spark, timeout_s) as deadline:
+            clean = stages.run_clean(spark, config, lake, "bench")
+            cleaned = time.perf_counter()
+            fused = stages.run_fuse(spark, config, lake, "bench")
+            done = time.perf_counter()
+    except Exception as err:  # noqa: BLE001 - a cancelled run fails inside Spark with any of several errors
+        if not deadline.expired:
+            raise
+        log.warning("spark run of %s cancelled after %s s (%s)", preset, timeout_s, type(err).__name__)
+        return {"spark_s": None, "spark_failure": f"not finished within {timeout_s} s (cancelled)",
+                "spark_clean_s": round(cleaned - started, 2) if cleaned > started else None,
+                "peak_driver_rss_mb": round(sampler.peak_jvm), "peak_python_workers_rss_mb": round(sampler.peak_workers),
+                "spark_profile_top": _stage_profile(spark, first_stage)[:8]}
     return {"spark_s": round(done - started, 2), "spark_clean_s": round(cleaned - started, 2),
             "spark_fuse_s": round(done - cleaned, 2), "input_rows": clean["input_rows"], "clean_rows": clean["clean_rows"],
             "quarantined_by_reason": clean["quarantined_by_reason"], "current_users": fused["current_users"],
@@ -398,24 +433,26 @@ def synthetic_input(events: int) -> Path:
     return out
 
 
-def bench_size(spark, events: int, *, baselines: tuple[str, ...], timeout_s: int) -> dict[str, Any]:
+def bench_size(spark, events: int, *, baselines: tuple[str, ...], timeout_s: int, spark_timeout_s: int | None) -> dict[str, Any]:
     data = synthetic_input(events)
     manifest = json.loads((data / "manifest.json").read_text())
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="etl-lake-", dir=CACHE) as lake_dir:
-        result = run_spark(spark, str(data / "preset.yaml"), lake_dir=Path(lake_dir), overrides=["fuse.cutoff=null"])
-    result = {"events": events, "spark_events_per_s_per_core": round(events / result["spark_s"] / CORES), **result,
-              "planted_bad_rows": manifest["planted_bad_rows"], "users": manifest["users"], "items": manifest["items"]}
+    result: dict[str, Any] = {"events": events, "planted_bad_rows": manifest["planted_bad_rows"], "users": manifest["users"],
+                              "items": manifest["items"]}
     for name in baselines:
         result.update(run_baseline(name, data, timeout_s=timeout_s))
+    with tempfile.TemporaryDirectory(prefix="etl-lake-", dir=CACHE) as lake_dir:
+        result.update(run_spark(spark, str(data / "preset.yaml"), lake_dir=Path(lake_dir), overrides=["fuse.cutoff=null"],
+                                timeout_s=spark_timeout_s))
+    result["spark_events_per_s_per_core"] = round(events / result["spark_s"] / CORES) if result["spark_s"] else None
     for name in baselines:
         if result.get(f"{name}_s"):
-            result[f"spark_over_{name}"] = round(result["spark_s"] / result[f"{name}_s"], 2)
+            result[f"spark_over_{name}"] = None if not result["spark_s"] else round(result["spark_s"] / result[f"{name}_s"], 2)
     result["load_average_1min"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     return result
 
 
-def bench_real(spark) -> dict[str, Any]:
+def bench_real(spark, *, timeout_s: int | None) -> dict[str, Any]:
     from ecominsight.config import ConfigError
     from ecominsight.io import LakeError
     from ecominsight.presets import load_preset
@@ -429,22 +466,48 @@ def bench_real(spark) -> dict[str, Any]:
             continue
         try:
             with tempfile.TemporaryDirectory(prefix="etl-lake-", dir=CACHE) as lake_dir:
-                result = run_spark(spark, preset, lake_dir=Path(lake_dir), overrides=["fuse.cutoff=null"])
+                result = run_spark(spark, preset, lake_dir=Path(lake_dir), overrides=["fuse.cutoff=null"], timeout_s=timeout_s)
         except (ConfigError, LakeError) as err:
             real[preset] = {"skipped": str(err)}
             continue
-        result["spark_events_per_s_per_core"] = round(result["input_rows"] / result["spark_s"] / CORES)
+        if result["spark_s"]:
+            result["spark_events_per_s_per_core"] = round(result["input_rows"] / result["spark_s"] / CORES)
         real[preset] = result
     return real
 
 
+def render(results: dict[str, Any]) -> str:
+    """The BENCHMARKS.md table of an etl.json."""
+    def cell(value: Any, suffix: str = "") -> str:
+        return "—" if value is None else f"{value:,}{suffix}" if isinstance(value, (int, float)) else str(value)
+
+    lines = ["| input | events | Spark clean+fuse s (clean / fuse) | events/s/core | pandas s | DuckDB s | Spark / DuckDB "
+             "| peak RSS: JVM driver / Python workers / pandas / DuckDB (MB) | load avg (start, end) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    rows = [(f"synthetic {int(n):,}", r) for n, r in results.get("sizes", {}).items()]
+    rows += [(name, r) for name, r in results.get("real", {}).items() if "skipped" not in r]
+    for name, r in rows:
+        spark = cell(r.get("spark_s")) if r.get("spark_s") else r.get("spark_failure", "—")
+        split = f" ({cell(r.get('spark_clean_s'))} / {cell(r.get('spark_fuse_s'))})" if r.get("spark_s") else ""
+        pandas = cell(r.get("pandas_s")) if "pandas_s" in r and r["pandas_s"] else r.get("pandas_failure", "—")
+        memory = " / ".join(cell(r.get(k)) for k in ("peak_driver_rss_mb", "peak_python_workers_rss_mb",
+                                                         "pandas_peak_rss_mb", "duckdb_peak_rss_mb"))
+        lines.append(f"| {name} | {cell(r.get('events', r.get('input_rows')))} | {spark}{split} "
+                     f"| {cell(r.get('spark_events_per_s_per_core'))} | {pandas} | {cell(r.get('duckdb_s'))} "
+                     f"| {cell(r.get('spark_over_duckdb'), '×')} | {memory} | {cell(r.get('load_average_1min'))} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1_000_000, 10_000_000])
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES))
     parser.add_argument("--no-real", action="store_true", help="skip the complete real sets")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds a baseline may run")
+    parser.add_argument("--spark-timeout", type=int, default=None, help="seconds a Spark clean+fuse may run (default: no limit)")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--render-only", action="store_true", help="print the BENCHMARKS.md table of --output")
+    parser.add_argument("--merge", action="store_true", help="add to the figures already in --output")
     parser.add_argument("--baseline", choices=list(BASELINES), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -452,21 +515,29 @@ def main() -> None:
     if args.baseline:
         _baseline_main(args.baseline, args.data, args.out)
         return
+    if args.render_only:
+        print(render(json.loads(args.output.read_text(encoding="utf-8"))))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("ecominsight", "py4j"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     CACHE.mkdir(parents=True, exist_ok=True)
     spark = spark_session()
     try:
-        results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "master": MASTER,
-                                               "command": "benchmarks/etl.py " + " ".join(sys.argv[1:])},
-                                   "sizes": {}}
+        command = "benchmarks/etl.py " + " ".join(sys.argv[1:])
+        results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "master": MASTER}, "commands": [command], "sizes": {}}
+        if args.merge and args.output.exists():
+            # Add to an earlier run's figures (each entry keeps its own load average and timings).
+            earlier = json.loads(args.output.read_text(encoding="utf-8"))
+            results = {**earlier, "commands": [*earlier.get("commands", [earlier.get("machine", {}).get("command")]), command]}
+            results["machine"].pop("command", None)
         for events in args.sizes:
             log.info("size %d", events)
-            results["sizes"][str(events)] = bench_size(spark, events, baselines=tuple(args.baselines), timeout_s=args.timeout)
+            results["sizes"][str(events)] = bench_size(spark, events, baselines=tuple(args.baselines), timeout_s=args.timeout,
+                                                    spark_timeout_s=args.spark_timeout)
             _write(args.output, results)  # after each step, so a long run leaves what it measured
         if not args.no_real:
-            results["real"] = bench_real(spark)
+            results["real"] = bench_real(spark, timeout_s=args.spark_timeout)
             _write(args.output, results)
     finally:
         spark.stop()
