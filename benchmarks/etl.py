@@ -464,12 +464,14 @@ def bench_real(spark, *, timeout_s: int | None) -> dict[str, Any]:
             log.warning("skipping %s: %s not found", preset, paths)
             real[preset] = {"skipped": f"input not found: {paths}"}
             continue
+        load_before = os.getloadavg()[0]
         try:
             with tempfile.TemporaryDirectory(prefix="etl-lake-", dir=CACHE) as lake_dir:
                 result = run_spark(spark, preset, lake_dir=Path(lake_dir), overrides=["fuse.cutoff=null"], timeout_s=timeout_s)
         except (ConfigError, LakeError) as err:
             real[preset] = {"skipped": str(err)}
             continue
+        result["load_average_1min"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
         if result["spark_s"]:
             result["spark_events_per_s_per_core"] = round(result["input_rows"] / result["spark_s"] / CORES)
         real[preset] = result
