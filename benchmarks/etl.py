@@ -77,6 +77,14 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _is_python(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="ascii", errors="replace") as comm:
+            return comm.read().startswith("python")
+    except OSError:
+        return False
+
+
 class PeakSampler:
     """Peak RSS of the JVM and of the sum of its Python worker processes, sampled every `every` s."""
 
@@ -89,7 +97,8 @@ class PeakSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak_jvm = max(self.peak_jvm, _rss_mb(self.jvm_pid))
-            self.peak_workers = max(self.peak_workers, sum(_rss_mb(p) for p in _children(self.jvm_pid)))
+            # Only Python processes: a short-lived fork of the JVM (Hadoop's shell calls) shows the JVM's own RSS.
+            self.peak_workers = max(self.peak_workers, sum(_rss_mb(p) for p in _children(self.jvm_pid) if _is_python(p)))
             self._stop.wait(self.every)
 
     def __enter__(self) -> "PeakSampler":
@@ -484,7 +493,7 @@ def render(results: dict[str, Any]) -> str:
         return "—" if value is None else f"{value:,}{suffix}" if isinstance(value, (int, float)) else str(value)
 
     lines = ["| input | events | Spark clean+fuse s (clean / fuse) | events/s/core | pandas s | DuckDB s | Spark / DuckDB "
-             "| peak RSS: JVM driver / Python workers / pandas / DuckDB (MB) | load avg (start, end) |",
+             "| peak RSS: JVM driver / JVM children (see notes) / pandas / DuckDB (MB) | load avg (start, end) |",
              "|---|---|---|---|---|---|---|---|---|"]
     rows = [(f"synthetic {int(n):,}", r) for n, r in results.get("sizes", {}).items()]
     rows += [(name, r) for name, r in results.get("real", {}).items() if "skipped" not in r]
@@ -492,7 +501,7 @@ def render(results: dict[str, Any]) -> str:
         spark = cell(r.get("spark_s")) if r.get("spark_s") else r.get("spark_failure", "—")
         split = f" ({cell(r.get('spark_clean_s'))} / {cell(r.get('spark_fuse_s'))})" if r.get("spark_s") else ""
         pandas = cell(r.get("pandas_s")) if "pandas_s" in r and r["pandas_s"] else r.get("pandas_failure", "—")
-        memory = " / ".join(cell(r.get(k)) for k in ("peak_driver_rss_mb", "peak_python_workers_rss_mb",
+        memory = " / ".join(cell(r.get(k)) for k in ("peak_driver_rss_mb", "peak_python_workers_rss_mb" if "peak_python_workers_rss_mb" in r else "peak_jvm_children_rss_mb",
                                                          "pandas_peak_rss_mb", "duckdb_peak_rss_mb"))
         lines.append(f"| {name} | {cell(r.get('events', r.get('input_rows')))} | {spark}{split} "
                      f"| {cell(r.get('spark_events_per_s_per_core'))} | {pandas} | {cell(r.get('duckdb_s'))} "
