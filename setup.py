@@ -39,7 +39,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["ecominsight", "ecominsight.*"]),
-    package_data={"ecominsight.data": ["*.parquet", "README.md"]},
+    package_data={"ecominsight.data": ["*.parquet", "*.json", "README.md"]},
     install_requires=[r for r in pinned_requirements() if not _is_platform_provided(r)],
     extras_require={"spark": [r for r in pinned_requirements() if _is_platform_provided(r)]},
     cmdclass={"build_py": BuildWithConf},

@@ -36,7 +36,13 @@ def _parser(stage: str | None) -> argparse.ArgumentParser:
 
 
 def main(stage: str | None = None, argv: list[str] | None = None) -> int:
-    """Parse arguments, validate config before any Spark work, run the stage, print where outputs are."""
+    """Parse arguments, validate config before any Spark work, run the stage, print where outputs are.
+    `ecominsight generate ...` is the synthetic data generator (ecominsight.generator), not a stage."""
+    argv = sys.argv[1:] if argv is None else argv
+    if stage is None and argv[:1] == ["generate"]:
+        from ecominsight.generator import main as generate_main
+
+        return generate_main(argv[1:])
     args = _parser(stage).parse_args(argv)
     stage = stage or args.stage
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
