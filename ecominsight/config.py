@@ -21,6 +21,8 @@ import yaml
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The lake zones that hold tables (models, reports and checkpoints hold files).
+WAREHOUSE_ZONES = ("clean", "quarantine", "features", "scores", "insights")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
@@ -237,6 +239,9 @@ class WarehouseConfig:
     # single-machine warehouse). None: use the session's own catalog (a cluster's hive-site.xml,
     # Databricks' Unity Catalog / Hive metastore).
     embedded_metastore: str | None = None
+    # Zones registered. scores and insights carry pseudonymised user ids only; clean, quarantine and
+    # features hold the source's raw ids, so they are opt-in (internal analysts).
+    zones: list[str] = field(default_factory=lambda: ["scores", "insights"])
 
 
 @dataclass(frozen=True)
@@ -438,6 +443,9 @@ def _validate_ranges(config: Config) -> None:
     # The run id names a folder under reports/: it must not climb out of the lake.
     if config.run_id is not None and not _RUN_ID.fullmatch(config.run_id):
         raise ConfigError(f"run_id: {config.run_id!r} must be letters, digits, '.', '_', ':' or '-' (no path separators)")
+    unknown_zones = sorted(set(config.warehouse.zones) - set(WAREHOUSE_ZONES))
+    if unknown_zones or not config.warehouse.zones:
+        raise ConfigError(f"warehouse.zones: {config.warehouse.zones!r} must name one or more of {', '.join(WAREHOUSE_ZONES)}")
     # The database name is spliced into SQL identifiers: letters, digits and underscores only.
     if not config.warehouse.database.replace("_", "").isalnum() or not config.warehouse.database.isascii():
         raise ConfigError(f"warehouse.database: {config.warehouse.database!r} must be letters, digits and underscores")

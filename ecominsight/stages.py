@@ -446,6 +446,7 @@ def run_insights(spark: SparkSession, config: Config, lake: Lake, run_id: str) -
             min_co_occurrence=picks.min_co_occurrence, max_items_per_group=picks.max_items_per_group,
             neighbours_per_item=picks.neighbours_per_item,
         ).withColumn("score_date", day),
+        "purchases": insights.daily_purchases(events),
     }
     has_searches = not events.where((F.col("event_type") == "search") & F.col("query").isNotNull()).isEmpty()
     if has_searches:
@@ -473,24 +474,22 @@ def run_insights(spark: SparkSession, config: Config, lake: Lake, run_id: str) -
     return summary
 
 
-WAREHOUSE_ZONES = ("clean", "quarantine", "features", "scores", "insights")
-
-
 def warehouse_table_name(zone: str, table: str) -> str:
     """The metastore name of a lake table: `<zone>_<table>` (clean_events, scores_user_scores, ...)."""
     return f"{zone}_{table}"
 
 
 def run_register(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
-    """Every lake table -> an external Parquet table `<database>.<zone>_<table>` in the session's
-    metastore, partitions recovered, so that a warehouse (Spark SQL, Databricks SQL, Hive) queries it.
+    """Every table of the `warehouse.zones` (by default the pseudonymised outputs: scores, insights)
+    -> an external Parquet table `<database>.<zone>_<table>` in the session's metastore, partitions
+    recovered, so that a warehouse (Spark SQL, Databricks SQL, Hive) queries it.
 
     Tables are dropped and re-created on each run (external: the data stays), so a registered schema
     never lags behind the lake's; the lake stays the source of truth."""
     database = config.warehouse.database
     spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
     registered: dict[str, dict[str, Any]] = {}
-    for zone in WAREHOUSE_ZONES:
+    for zone in config.warehouse.zones:
         for table in lake.tables(zone):
             name = f"`{database}`.`{warehouse_table_name(zone, table)}`"
             location = Path(lake.table_path(zone, table)).resolve().as_uri()

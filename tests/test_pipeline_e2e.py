@@ -206,7 +206,7 @@ def test_a_write_that_fails_halfway_leaves_the_previous_partition_readable(pipel
 
 # Every output table with user ids (insights/segments has none).
 OUTPUT_TABLES = [("scores", "user_scores"), ("scores", "explanations"), ("insights", "user_profiles"),
-                 ("insights", "marketing_actions"), ("insights", "recommendations")]
+                 ("insights", "marketing_actions"), ("insights", "recommendations"), ("insights", "purchases")]
 
 
 def test_user_ids_in_every_output_are_keyed_pseudonyms(pipeline_run):

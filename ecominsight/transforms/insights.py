@@ -287,6 +287,19 @@ def marketing_actions(profiles: DataFrame, *, rules: Sequence[ActionRule], defau
     )
 
 
+def daily_purchases(events: DataFrame) -> DataFrame:
+    """Purchase events -> one row per (user, day): `user_id`, `dt`, `orders` (distinct baskets; the
+    day where a source has no sessions), `units`, `spend`. The outcome fact that a warehouse joins
+    to past scores (conversion by decile) without reading the raw events."""
+    purchases = events.filter(F.col("event_type") == "purchase")
+    quantity = F.coalesce(F.col("quantity"), F.lit(1.0))
+    return purchases.groupBy("user_id", "dt").agg(
+        F.countDistinct(F.coalesce(F.col("session_id"), F.col("dt").cast("string"))).alias("orders"),
+        F.sum(quantity).alias("units"),
+        F.sum(F.coalesce(F.col("price"), F.lit(0.0)) * quantity).alias("spend"),
+    )
+
+
 def _most_recent_items(purchases: DataFrame, *, group: list[str], limit: int) -> DataFrame:
     """The `limit` most recently bought distinct items per group: group columns + item_id."""
     latest = purchases.groupBy(*group, "item_id").agg(F.max("ts").alias("_last"))
