@@ -113,8 +113,11 @@ def cluster_run(standalone_cluster, tmp_path_factory):
          "--set", f"lake={lake}", "--set", "run_id=cluster-test",
          "--set", "train.transformer.epochs=1", "--set", "train.transformer.max_length=32",
          "--set", "train.gradient_boosted_trees.max_iter=20", "--set", "fuse.max_events=16",
+         # conf/cluster.yaml's 200 shuffle partitions are for real data; 2 executor cores need few.
+         "--set", 'spark.conf={spark.sql.shuffle.partitions: "4"}',
          "--conf", "spark.executor.memory=1g", "--conf", "spark.eventLog.enabled=true",
-         "--conf", f"spark.eventLog.dir=file://{events}"],
+         "--conf", f"spark.eventLog.dir=file://{events}", "--conf", "spark.eventLog.rolling.enabled=false",
+         "--conf", "spark.eventLog.compress=false"],
         capture_output=True, text=True, cwd=root, env=_clean_env(), timeout=900)
     timings = {"package_s": round(packaged - started, 1), "pipeline_s": round(time.monotonic() - packaged, 1)}
     print(f"cluster test timings: {timings}")
@@ -125,7 +128,7 @@ def cluster_run(standalone_cluster, tmp_path_factory):
 
 
 def _event_log(events: Path) -> list[dict]:
-    (log,) = [p for p in events.iterdir() if p.name.startswith("app-")]
+    (log,) = [p for p in events.iterdir() if p.name.startswith("app-")]  # one plain JSON-lines file
     return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
