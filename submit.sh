@@ -36,9 +36,10 @@
 # Cluster mode: the driver runs ./env/bin/python on the cluster and reads ./ecominsight_conf.
 # Executors and the driver get HF_HUB_OFFLINE=1; the pretrained encoder ships inside the env.
 #
-# Same-Python constraint: venv-pack does not carry the Python interpreter. ./env/bin/python is a link
-# to the base interpreter that built build/cluster-env (ECOMINSIGHT_PYTHON, default python3, here
-# /root/.pyenv/versions/3.11.7), so every cluster node needs that Python 3.11 at that same path. Where
+# Same-Python constraint: venv-pack does not carry the Python installation. ./env/bin/python is a copy
+# of the launcher of the base Python that built build/cluster-env (ECOMINSIGHT_PYTHON, default python3,
+# here /root/.pyenv/versions/3.11.7); it loads libpython and the standard library from that path, so
+# every cluster node needs that Python 3.11 at that same path. Where
 # that does not hold, pack a conda environment with conda-pack instead (it carries the interpreter).
 # YARN ships the local archives itself; k8s cluster mode needs spark.kubernetes.file.upload.path and
 # spark.kubernetes.container.image (pass them with --conf). The lake must be storage every node sees.
