@@ -1,49 +1,252 @@
 #!/usr/bin/env bash
-# Launch an ecominsight stage (or the whole pipeline) through spark-submit.
+# Launch an ecominsight stage (or the whole pipeline) through spark-submit, locally or on a cluster.
 #
-#   ./submit.sh [--master URL] [--env local|cluster|databricks] <clean|fuse|train|score|insights|pipeline> [--set key=value ...]
+#   ./submit.sh [options] <clean|fuse|train|score|insights|pipeline> [--set key=value ...]
 #
-# Local by default (--master local[*], --env local). On first use it creates .venv with the pinned
-# dependencies and the package itself, so that a fresh clone needs nothing else.
+# Options:
+#   --master URL           local[*] (default), local[N], spark://HOST:PORT (standalone), yarn, k8s://https://HOST:PORT
+#   --deploy-mode MODE     client (default) or cluster. Cluster mode runs the driver on the cluster:
+#                          yarn and k8s only (Spark standalone has no cluster mode for Python apps).
+#   --env NAME             config overlay conf/NAME.yaml: local (default), cluster, databricks
+#   --set KEY=VALUE        config override, repeatable (e.g. --set lake=/shared/lake)
+#   --conf KEY=VALUE       extra spark-submit --conf, repeatable (e.g. --conf spark.executor.memory=4g)
+#   --dry-run              print the spark-submit command (and the environment it sets) and exit 0;
+#                          builds nothing: every path in it is fixed, so it is exactly what a real run runs
+#   --package              (non-local masters) build the cluster package only, print its paths, exit 0
+#   -h, --help             this text
+#
+# Local masters (local, local[N], local[*]) run with .venv, created on first use by .ci/bootstrap with
+# the pinned dependencies and the package itself; nothing is packaged.
+#
+# Any other master gets a packaged project, built under build/ (ECOMINSIGHT_BUILD_DIR) on first use:
+#   build/dist/ecominsight-0.1.0-py3-none-any.whl   pip wheel --no-deps of this checkout
+#   build/cluster-env/                             a venv with requirements.txt + that wheel (never .venv:
+#                                                  its editable install cannot be packed)
+#   build/dist/ecominsight-env.tar.gz              that venv packed by venv-pack2 (gzip level 1), shipped
+#                                                  as --archives ...#env; executors run ./env/bin/python
+#   build/dist/ecominsight-conf.tar                conf/, shipped as --archives ...#ecominsight_conf in
+#                                                  cluster mode (the driver reads it via ECOMINSIGHT_CONF_DIR)
+# The venv is rebuilt only when requirements.txt or the base Python change (a few minutes), the archive
+# only when the wheel's contents change too (its RECORD, less METADATA which only carries README.md);
+# a second submit of unchanged code reuses both. The archive is a .tar.gz at gzip level 1: Spark unpacks
+# .tar.gz with the system tar (keeping the executable bits that ./env/bin/python needs), but a plain
+# .tar or a .zip with its own Java reader, which drops them. Level 1 halves the size (2.2 -> 1.0 GB);
+# level 0 packs faster but unpacks no faster, and the archive is packed once and unpacked per executor.
+# Client mode: the driver runs here with build/cluster-env/bin/python and reads conf/ in place.
+# Cluster mode: the driver runs ./env/bin/python on the cluster and reads ./ecominsight_conf.
+# Executors and the driver get HF_HUB_OFFLINE=1; the pretrained encoder ships inside the env.
+#
+# Same-Python constraint: venv-pack does not carry the Python installation. ./env/bin/python is a copy
+# of the launcher of the base Python that built build/cluster-env (ECOMINSIGHT_PYTHON, default python3,
+# here /root/.pyenv/versions/3.11.7); it loads libpython and the standard library from that path, so
+# every cluster node needs that Python 3.11 at that same path. Where
+# that does not hold, pack a conda environment with conda-pack instead (it carries the interpreter).
+# YARN ships the local archives itself; k8s cluster mode needs spark.kubernetes.file.upload.path and
+# spark.kubernetes.container.image (pass them with --conf). The lake must be storage every node sees.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${ECOMINSIGHT_VENV:-$here/.venv}"
+build="${ECOMINSIGHT_BUILD_DIR:-$here/build}"
+conf_dir="${ECOMINSIGHT_CONF_DIR:-$here/conf}"
+base_python="${ECOMINSIGHT_PYTHON:-python3}"
+# The packer, pinned: venv-pack2 is the maintained fork of venv-pack (0.2.0, 2018) and packs 3.11 venvs.
+venv_pack_pin="venv-pack2==0.9.2"
 master="local[*]"
+deploy_mode="client"
 env_name="${ECOMINSIGHT_ENV:-local}"
 stage=""
+dry_run=0
+package_only=0
 passthrough=()
+spark_confs=()
 
-usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+die() { echo "submit.sh: $1" >&2; exit 2; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --master) master="$2"; shift 2 ;;
     --master=*) master="${1#*=}"; shift ;;
+    --deploy-mode) deploy_mode="$2"; shift 2 ;;
+    --deploy-mode=*) deploy_mode="${1#*=}"; shift ;;
     --env) env_name="$2"; shift 2 ;;
     --env=*) env_name="${1#*=}"; shift ;;
     --set) passthrough+=(--set "$2"); shift 2 ;;
     --set=*) passthrough+=(--set "${1#*=}"); shift ;;
+    --conf) spark_confs+=(--conf "$2"); shift 2 ;;
+    --conf=*) spark_confs+=(--conf "${1#*=}"); shift ;;
+    --dry-run) dry_run=1; shift ;;
+    --package) package_only=1; shift ;;
     -h|--help) usage; exit 0 ;;
     clean|fuse|train|score|insights|pipeline) stage="$1"; shift ;;
     *) echo "submit.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
-if [[ -z "$stage" ]]; then
+
+case "$deploy_mode" in
+  client|cluster) ;;
+  *) die "--deploy-mode must be client or cluster, not '$deploy_mode'" ;;
+esac
+case "$master" in
+  local|local\[*\]) kind=local ;;
+  spark://*) kind=standalone ;;
+  yarn) kind=yarn ;;
+  k8s://*) kind=k8s ;;
+  *) die "unsupported master '$master': use local[*], local[N], spark://HOST:PORT, yarn or k8s://https://HOST:PORT" ;;
+esac
+if [[ "$deploy_mode" == cluster ]]; then
+  [[ "$kind" == local ]] && die "--deploy-mode cluster needs a cluster master (yarn or k8s://...), not '$master'"
+  [[ "$kind" == standalone ]] && die "Spark standalone does not support cluster deploy mode for Python applications; use --deploy-mode client with $master, or a yarn or k8s master"
+fi
+if [[ $package_only -eq 1 ]]; then
+  [[ "$kind" == local ]] && die "--package builds the cluster package; give a non-local --master"
+elif [[ -z "$stage" ]]; then
   echo "submit.sh: name a stage: clean, fuse, train, score, insights or pipeline" >&2; usage >&2; exit 2
 fi
 
-"$here/.ci/bootstrap" "$venv" runtime
+sha() { sha256sum | cut -d' ' -f1; }
 
-export PYSPARK_PYTHON="$venv/bin/python"
-export PYSPARK_DRIVER_PYTHON="$venv/bin/python"
+# build/cluster-env: a plain venv with the pinned runtime dependencies, rebuilt only when they change.
+build_env() {
+  local env="$build/cluster-env" stamp wanted
+  stamp="$env/.ecominsight-deps.sha"
+  wanted="$({ cat "$here/requirements.txt"; echo "venv --copies"
+              "$base_python" -c 'import sys; print(sys.version, sys.base_prefix)'; } | sha)"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]; then
+    return 0
+  fi
+  echo "submit.sh: building $env with the pinned dependencies (first build takes a few minutes)" >&2
+  rm -rf "$env"
+  # --copies: bin/python is a copy, not a link to the base interpreter, so that the archive holds no
+  # link pointing outside itself (Spark's Java reader for .tar/.zip refuses those: "would create entry
+  # outside"). The copy still loads the base Python's libpython and standard library from their path.
+  "$base_python" -m venv --copies "$env"
+  "$env/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+  echo "$wanted" > "$stamp"
+}
+
+# build/dist/ecominsight-*.whl from this checkout; setuptools' own build/lib is cleared first so that a
+# module deleted from the source cannot linger in the wheel.
+build_wheel() {
+  local out="$build/dist"
+  mkdir -p "$out"
+  rm -rf "$here/build/lib" "$here/build/bdist."* "$out"/ecominsight-*.whl
+  "$build/cluster-env/bin/python" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$out" "$here" >&2
+  wheel="$(ls "$out"/ecominsight-*.whl)"
+}
+
+# build/dist/ecominsight-env.tar: the venv plus the wheel, packed by venv-pack2; reused while the
+# requirements, the base Python and the wheel's contents are unchanged.
+pack_env() {
+  local env="$build/cluster-env" key tools="$build/pack-tools"
+  key="$({ cat "$env/.ecominsight-deps.sha"
+           "$env/bin/python" - "$wheel" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    record = next(n for n in wheel.namelist() if n.endswith(".dist-info/RECORD"))
+    for line in wheel.read(record).decode().splitlines():
+        if not line.split(",")[0].endswith((".dist-info/METADATA", ".dist-info/RECORD")):
+            print(line)
+PY
+         } | sha)"
+  if [[ -f "$env_archive" && -f "$env_archive.sha" && "$(cat "$env_archive.sha")" == "$key" ]]; then
+    echo "submit.sh: reusing $env_archive (requirements and wheel unchanged)" >&2
+    return 0
+  fi
+  "$env/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$wheel"
+  if [[ ! -f "$tools/.ok" ]]; then
+    "$base_python" -m pip install --quiet --disable-pip-version-check --target "$tools" "$venv_pack_pin"
+    touch "$tools/.ok"
+  fi
+  echo "submit.sh: packing $env into $env_archive" >&2
+  rm -f "$env_archive" "$env_archive.sha"
+  PYTHONPATH="$tools" "$base_python" -m venv_pack --prefix "$env" --output "$env_archive.partial" \
+    --format tar.gz --compress-level 1 --force --quiet
+  mv "$env_archive.partial" "$env_archive"
+  echo "$key" > "$env_archive.sha"
+}
+
+pack_conf() {
+  tar -cf "$conf_archive.partial" -C "$conf_dir" .
+  mv "$conf_archive.partial" "$conf_archive"
+}
+
 export HF_HUB_OFFLINE=1
-export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
+job=("$here/jobs/$stage.py" --env "$env_name" ${passthrough[@]+"${passthrough[@]}"})
 
-exec "$venv/bin/spark-submit" \
-  --master "$master" \
-  --name "ecominsight-$stage" \
-  --conf spark.ui.showConsoleProgress=false \
-  --conf spark.log.level=WARN \
-  --driver-java-options "-Dderby.system.home=${TMPDIR:-/tmp}" \
-  "$here/jobs/$stage.py" --env "$env_name" "${passthrough[@]}"
+if [[ "$kind" == local ]]; then
+  export PYSPARK_PYTHON="$venv/bin/python"
+  export PYSPARK_DRIVER_PYTHON="$venv/bin/python"
+  export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
+  cmd=("$venv/bin/spark-submit"
+    --master "$master"
+    --name "ecominsight-$stage"
+    --conf spark.ui.showConsoleProgress=false
+    --conf spark.log.level=WARN
+    --driver-java-options "-Dderby.system.home=${TMPDIR:-/tmp}"
+    ${spark_confs[@]+"${spark_confs[@]}"}
+    "${job[@]}")
+  exported=(PYSPARK_PYTHON PYSPARK_DRIVER_PYTHON SPARK_LOCAL_IP HF_HUB_OFFLINE)
+  [[ $dry_run -eq 0 ]] && "$here/.ci/bootstrap" "$venv" runtime
+else
+  env_archive="$build/dist/ecominsight-env.tar.gz"
+  conf_archive="$build/dist/ecominsight-conf.tar"
+  env_python=./env/bin/python
+  archives="$env_archive#env"
+  if [[ "$deploy_mode" == client ]]; then
+    driver_python="$build/cluster-env/bin/python"
+    export ECOMINSIGHT_CONF_DIR="$conf_dir"
+  else
+    driver_python="$env_python"
+    archives+=",$conf_archive#ecominsight_conf"
+  fi
+  export PYSPARK_PYTHON="$env_python"
+  export PYSPARK_DRIVER_PYTHON="$driver_python"
+  cmd=("$build/cluster-env/bin/spark-submit"
+    --master "$master"
+    --deploy-mode "$deploy_mode"
+    --name "ecominsight-$stage"
+    --archives "$archives"
+    --conf "spark.pyspark.python=$env_python"
+    --conf "spark.pyspark.driver.python=$driver_python"
+    --conf "spark.executorEnv.PYSPARK_PYTHON=$env_python"
+    --conf spark.executorEnv.HF_HUB_OFFLINE=1
+    --conf spark.ui.showConsoleProgress=false
+    --conf spark.log.level=WARN)
+  if [[ "$deploy_mode" == client ]]; then
+    cmd+=(--driver-java-options "-Dderby.system.home=${TMPDIR:-/tmp}")
+  else
+    # The driver runs in a YARN container or a k8s pod: it gets its environment from these confs.
+    if [[ "$kind" == yarn ]]; then driver_env=spark.yarn.appMasterEnv; else driver_env=spark.kubernetes.driverEnv; fi
+    cmd+=(--conf "$driver_env.ECOMINSIGHT_CONF_DIR=./ecominsight_conf"
+      --conf "$driver_env.HF_HUB_OFFLINE=1"
+      --conf "$driver_env.PYSPARK_PYTHON=$env_python")
+  fi
+  cmd+=(${spark_confs[@]+"${spark_confs[@]}"} "${job[@]}")
+  exported=(PYSPARK_PYTHON PYSPARK_DRIVER_PYTHON HF_HUB_OFFLINE)
+  [[ "$deploy_mode" == client ]] && exported+=(ECOMINSIGHT_CONF_DIR)
+  if [[ $dry_run -eq 0 ]]; then
+    mkdir -p "$build"
+    (
+      # One build at a time: two submits must not write the same venv or archive.
+      flock 9
+      build_env
+      build_wheel
+      pack_env
+      pack_conf
+    ) 9>"$build/.lock"
+    if [[ $package_only -eq 1 ]]; then
+      printf 'wheel:   %s\nenv:     %s (%s)\nconf:    %s\n' "$(ls "$build"/dist/ecominsight-*.whl)" "$env_archive" \
+        "$(du -h "$env_archive" | cut -f1)" "$conf_archive"
+      exit 0
+    fi
+  fi
+fi
+
+if [[ $dry_run -eq 1 ]]; then
+  for name in "${exported[@]}"; do printf 'export %s=%q\n' "$name" "${!name}"; done
+  printf '%q ' "${cmd[@]}" | sed 's/ $/\n/'
+  exit 0
+fi
+exec "${cmd[@]}"

@@ -255,7 +255,9 @@ def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
         log.info("train: %d CJK characters in the training text, %d added to the vocabulary", len(characters), len(extra_tokens))
     transformer_dir = lake.model_dir(TRANSFORMER_MODEL, version)
     spec = {"data_path": lake.table_path("features", "user_sequences"), "output_dir": str(transformer_dir),
-            "pretrained_path": pretrained_path, "extra_tokens": extra_tokens, "max_length": settings.max_length,
+            # The name, not the driver's path: each rank resolves it in its own environment
+            # (on a cluster the executors' shipped env lies elsewhere than the driver's).
+            "pretrained": settings.pretrained, "extra_tokens": extra_tokens, "max_length": settings.max_length,
             "epochs": settings.epochs, "batch_size": settings.batch_size, "learning_rate": settings.learning_rate,
             "head_learning_rate": settings.head_learning_rate, "weight_decay": settings.weight_decay,
             "warmup_ratio": settings.warmup_ratio, "seed": settings.seed,

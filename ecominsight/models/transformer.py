@@ -123,6 +123,8 @@ def train_worker(spec: dict[str, Any]) -> None:
     validation ROC-AUC, and on rank 0 writes the model (safetensors), tokenizer and `metrics.json`
     to spec["output_dir"]. Returns nothing: ranks do not race on a result."""
     import random
+    import socket
+    import sys
     import time
 
     import numpy as np
@@ -163,8 +165,16 @@ def train_worker(spec: dict[str, Any]) -> None:
         raise ValueError(f"no training rows in {spec['data_path']}")
     scaler = NumericScaler.fit(numeric_columns, data["train"]["numeric"])
 
-    tokenizer = load_tokenizer(spec["pretrained_path"], extra_tokens=spec["extra_tokens"])
-    encoder = AutoModel.from_pretrained(spec["pretrained_path"], use_safetensors=True)
+    # Resolved here, not on the driver: on a cluster each executor has its own copy of the env.
+    pretrained_path = resolve_pretrained(spec["pretrained"])
+    # Where every rank ran: on a cluster this shows the ranks were barrier tasks in the executors'
+    # shipped environment (their own working directories), not processes beside the driver.
+    placements: list[Any] = [None] * world
+    dist.all_gather_object(placements, {"rank": rank, "host": socket.gethostname(), "python": sys.executable,
+                                        "cwd": os.getcwd()})
+    log.info("ranks placed at %s; encoder %s", placements, pretrained_path)
+    tokenizer = load_tokenizer(pretrained_path, extra_tokens=spec["extra_tokens"])
+    encoder = AutoModel.from_pretrained(pretrained_path, use_safetensors=True)
     if spec["extra_tokens"]:
         encoder.resize_token_embeddings(len(tokenizer))
     model = TextAndNumbersClassifier(encoder, len(numeric_columns)).to(device)
@@ -283,6 +293,7 @@ def train_worker(spec: dict[str, Any]) -> None:
             "numeric_features": numeric_columns,
             "added_tokens": len(spec["extra_tokens"]),
             "world_size": world,
+            "ranks": placements,
         })
     dist.barrier()
     dist.destroy_process_group()
