@@ -40,7 +40,9 @@ def write_version(lake_root: str, zone: str, version: str, seconds_per_partition
     if spark is None:
         from ecominsight.session import get_spark
 
-        spark, _ = get_spark("fault-probe", "local[2]", {"spark.ui.enabled": "false"})
+        # Without adaptive execution Spark sets up the write job (and its staging folder) before it
+        # runs the slow stage ahead of Lake.write's shuffle, so the kill lands inside the write.
+        spark, _ = get_spark("fault-probe", "local[2]", {"spark.ui.enabled": "false", "spark.sql.adaptive.enabled": "false"})
     rows = probe_rows(spark, version, float(seconds_per_partition))
     Lake(lake_root).write(rows, zone, "probe", partition_by=["day"] if zone == "scores" else None)
 
@@ -138,3 +140,71 @@ def test_an_unwritable_lake_path_fails_clearly_without_output(tmp_path):
     assert "Traceback" not in result.stderr
     assert blocker.read_text().startswith("a file")
 
+
+
+def score_in_child(lake_root: str) -> None:
+    """Run in a child process: the score stage (full mode) on a lake, with up to 4 attempts per task."""
+    from ecominsight.config import load_config
+    from ecominsight.session import get_spark
+    from ecominsight.stages import run_score
+
+    spark, _ = get_spark("fault-score", "local[2,4]", {"spark.ui.enabled": "false"})
+    print(json.dumps(run_score(spark, load_config("local", [f"lake={lake_root}"]), Lake(lake_root), "fault-score")))
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid not in (None, 0, 1):
+        if pid == ancestor:
+            return True
+        pid = _parent(pid)
+    return False
+
+
+def _forked_python_workers() -> list[int]:
+    """Pids of Python workers that pyspark's daemon forked (their parent runs the daemon too)."""
+    def cmdline(pid: str) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+
+    return [int(entry.name) for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and "pyspark.daemon" in cmdline(entry.name)
+            and "pyspark.daemon" in cmdline(str(_parent(int(entry.name))))]
+
+
+def test_a_python_worker_killed_during_scoring_is_retried_and_every_user_scored_once(pipeline_run, tmp_path):
+    """Injected: SIGKILL to the first Python worker that pyspark forks for the scoring UDF, while it
+    loads the model. Checked: Spark retries the task, the job completes, and the day's partition
+    holds every current user exactly once."""
+    import shutil
+
+    spark, _, lake, summary = pipeline_run
+    copy = Lake(tmp_path / "lake")
+    shutil.copytree(lake.root, copy.root, ignore=shutil.ignore_patterns("checkpoints", "scores"))
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from tests.test_faults import score_in_child as s; s(sys.argv[1])",
+         str(copy.root)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    killed, deadline = None, time.time() + 300
+    while killed is None and time.time() < deadline and child.poll() is None:
+        for pid in _forked_python_workers():
+            if _descends_from(pid, child.pid):  # not another run's worker
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+                break
+        time.sleep(0.05)
+    out, err = child.communicate(timeout=600)
+    assert killed is not None, "no Python worker was seen to kill"
+    assert child.returncode == 0, err[-3000:]
+    assert "Lost task" in err or "exited unexpectedly" in err  # the failure happened and was retried
+    result = json.loads(out.strip().splitlines()[-1])
+    scores = spark.read.parquet(copy.table_path("scores", "user_scores"))
+    n_current = copy.read(spark, "features", "current_sequences", written_by="fuse").count()
+    assert result["users_scored"] == scores.count() == scores.select("user_id").distinct().count() == n_current

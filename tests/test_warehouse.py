@@ -125,7 +125,8 @@ def test_documented_queries_agree_between_spark_sql_and_duckdb(warehouse):
         assert spark_rows, f"{name} returned no rows"
         assert len(spark_rows) == len(duck_rows), name
         for spark_row, duck_row in zip(spark_rows, duck_rows):
-            assert spark_row == pytest.approx(duck_row, abs=1e-4), (name, spark_row, duck_row)
+            # ROUND(…, 4) may differ by one last unit between the engines (decimal vs double averages).
+            assert spark_row == pytest.approx(duck_row, abs=1.5e-4), (name, spark_row, duck_row)
     n = summary["score"]["users_scored"]
     drift = spark_results["rows"]["daily_score_drift"]
     assert [row[0] for row in drift] == sorted({PAST_DAY, summary["score"]["score_date"]} | {row[0] for row in drift})
