@@ -208,3 +208,18 @@ def test_a_python_worker_killed_during_scoring_is_retried_and_every_user_scored_
     scores = spark.read.parquet(copy.table_path("scores", "user_scores"))
     n_current = copy.read(spark, "features", "current_sequences", written_by="fuse").count()
     assert result["users_scored"] == scores.count() == scores.select("user_id").distinct().count() == n_current
+
+
+def test_a_model_version_that_climbs_out_of_the_lake_is_refused(tmp_path):
+    """Injected: a model version from config (and a tampered LATEST file) naming `../..`. Checked: a
+    clear LakeError before any path outside models/ is touched."""
+    from ecominsight.models.registry import LATEST, resolve_version
+
+    lake = Lake(tmp_path / "lake")
+    with pytest.raises(LakeError, match="is not a version name"):
+        resolve_version(lake, "transformer", "../../../etc")
+    pointer = lake.root / "models" / "transformer" / LATEST
+    pointer.parent.mkdir(parents=True)
+    pointer.write_text("../../outside", encoding="utf-8")
+    with pytest.raises(LakeError, match="is not a version name"):
+        resolve_version(lake, "transformer", "latest")

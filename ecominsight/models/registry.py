@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def resolve_version(lake: Lake, name: str, version: str) -> str:
         if not pointer.is_file():
             raise LakeError(f"no trained {name!r} model under {lake.root / 'models' / name}; run the 'train' stage first")
         version = pointer.read_text(encoding="utf-8").strip()
+    # A version names a folder under models/<name>/: from config or a LATEST file, it must not climb out.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", version):
+        raise LakeError(f"model {name!r} version {version!r} is not a version name (letters, digits, '.', '_', '-')")
     if not lake.model_dir(name, version).is_dir():
         raise LakeError(f"model {name!r} version {version!r} does not exist at {lake.model_dir(name, version)}")
     return version
