@@ -9,46 +9,28 @@ notebook-style runner reports as a failure on some runtimes) and raise on failur
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 from ecominsight.cli import main
 
 
-def _run(stage: str) -> None:
-    status = main(stage, sys.argv[1:])
-    if status != 0:
-        raise SystemExit(status)
+def _entry_point(stage: str) -> Callable[[], None]:
+    """The console entry point of one stage: `ecominsight-<stage> [--env …] [--set key=value …]`."""
+
+    def run() -> None:
+        status = main(stage, sys.argv[1:])
+        if status != 0:
+            raise SystemExit(status)
+
+    run.__name__ = run.__qualname__ = stage
+    run.__doc__ = f"Run the {stage!r} stage with sys.argv as its arguments (see `ecominsight-{stage} --help`)."
+    return run
 
 
-def clean() -> None:
-    """raw source -> clean/ + quarantine/ (see `ecominsight-clean --help`)."""
-    _run("clean")
-
-
-def fuse() -> None:
-    """clean/ -> features/ (see `ecominsight-fuse --help`)."""
-    _run("fuse")
-
-
-def train() -> None:
-    """features/ -> models/ (see `ecominsight-train --help`)."""
-    _run("train")
-
-
-def score() -> None:
-    """features/ + models/ -> scores/ (see `ecominsight-score --help`)."""
-    _run("score")
-
-
-def insights() -> None:
-    """scores/ + clean/ -> insights/ + the report (see `ecominsight-insights --help`)."""
-    _run("insights")
-
-
-def register() -> None:
-    """lake tables -> external tables in the metastore (see `ecominsight-register --help`)."""
-    _run("register")
-
-
-def pipeline() -> None:
-    """clean -> fuse -> train -> score -> insights in one process."""
-    _run("pipeline")
+clean = _entry_point("clean")
+fuse = _entry_point("fuse")
+train = _entry_point("train")
+score = _entry_point("score")
+insights = _entry_point("insights")
+register = _entry_point("register")
+pipeline = _entry_point("pipeline")
