@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,15 +23,19 @@ from ecominsight.models.transformer import ModelPathError, resolve_pretrained
 from ecominsight.stages import run_stage
 from ecominsight.transforms.fuse import NUMERIC_FEATURES
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _flat_overrides(lake_root, tiny_encoder) -> list[str]:
+    return [f"lake={lake_root}", "source.preset=flat_labelled", "fuse.label_mode=given", "fuse.population=any_event",
+            f"train.transformer.pretrained={tiny_encoder}", "train.transformer.epochs=2",
+            "train.transformer.num_processes=2", "train.transformer.max_length=64", "train.transformer.batch_size=8"]
+
 
 @pytest.fixture(scope="module")
 def flat_run(spark, tiny_encoder, tmp_path_factory):
     lake_root = tmp_path_factory.mktemp("flat_lake")
-    config = load_config("local", [
-        f"lake={lake_root}", "source.preset=flat_labelled", "fuse.label_mode=given", "fuse.population=any_event",
-        f"train.transformer.pretrained={tiny_encoder}", "train.transformer.epochs=2", "train.transformer.num_processes=2",
-        "train.transformer.max_length=64", "train.transformer.batch_size=8",
-    ])
+    config = load_config("local", _flat_overrides(lake_root, tiny_encoder))
     lake = Lake(config.lake_path)
     summary = run_stage("pipeline", spark, config, lake, "flat")
     return spark, lake, summary, tiny_encoder
@@ -89,25 +98,48 @@ def test_missing_or_pickled_model_paths_are_refused_with_advice(tmp_path):
         resolve_pretrained(str(tmp_path))
 
 
-def test_rerun_resumes_from_the_last_checkpoint_with_the_same_result(flat_run):
+def _wait_for(path: Path, child: subprocess.Popen, *, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if child.poll() is not None or time.time() > deadline:
+            child.kill()
+            raise AssertionError(f"{path} never appeared (train exited {child.returncode}): "
+                                 f"{child.communicate()[1][-3000:]}")
+        time.sleep(0.01)
+
+
+def test_training_killed_mid_epoch_resumes_to_the_uninterrupted_result(flat_run, tmp_path):
+    """Injected: SIGKILL to the whole `ecominsight train` process group (driver JVM, TorchDistributor,
+    both gloo ranks) a third of an epoch into epoch 2. Checked: epoch 2 left no checkpoint, and the
+    re-run resumes from epoch 1's and ends with the metrics of the uninterrupted run (flat_run)."""
     spark, lake, summary, tiny_encoder = flat_run
-    first = read_json(Path(summary["train"]["model_dirs"]["transformer"]) / "metrics.json")
-    (checkpoint_dir,) = list((lake.root / "checkpoints" / "transformer").iterdir())
-    assert sorted(p.name for p in checkpoint_dir.iterdir()) == ["epoch-1", "epoch-2"]
-    # Pretend the run died during epoch 2: its checkpoint never completed.
-    shutil.rmtree(checkpoint_dir / "epoch-2")
-    config = load_config("local", [
-        f"lake={lake.root}", "source.preset=flat_labelled", "fuse.label_mode=given", "fuse.population=any_event",
-        f"train.transformer.pretrained={tiny_encoder}", "train.transformer.epochs=2", "train.transformer.num_processes=2",
-        "train.transformer.max_length=64", "train.transformer.batch_size=8",
-    ])
-    again = run_stage("train", spark, config, lake, "flat-resumed")["train"]["transformer"]
-    # Epoch 1 came from the checkpoint (its recorded wall time is carried over, not re-measured) ...
-    assert again["history"][0] == first["history"][0]
+    uninterrupted = read_json(Path(summary["train"]["model_dirs"]["transformer"]) / "metrics.json")
+    copy = Lake(tmp_path / "lake")
+    shutil.copytree(lake.root, copy.root, ignore=shutil.ignore_patterns("checkpoints", "models", "_lock"))
+    # The baselines are not what is under test: few boosting rounds keep the two runs short.
+    overrides = [*_flat_overrides(copy.root, tiny_encoder), "train.gradient_boosted_trees.max_iter=3"]
+    child = subprocess.Popen([sys.executable, "-m", "ecominsight", "train", *[f"--set={o}" for o in overrides]],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    checkpoints = copy.root / "checkpoints" / "transformer"
+    _wait_for(checkpoints, child, timeout=300)
+    _wait_for(next(checkpoints.iterdir()) / "epoch-1" / "state.json", child, timeout=300)
+    (checkpoint_dir,) = list(checkpoints.iterdir())
+    epoch_seconds = read_json(checkpoint_dir / "epoch-1" / "state.json")["history"][0]["seconds"]
+    time.sleep(epoch_seconds / 3)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    assert not (checkpoint_dir / "epoch-2" / "state.json").exists(), "the kill came after epoch 2 had finished"
+
+    again = run_stage("train", spark, load_config("local", overrides), copy, "flat-resumed")["train"]["transformer"]
+    # Epoch 1 came from the killed run's checkpoint (its wall time is that run's, not re-measured) ...
+    assert again["history"][0]["seconds"] == epoch_seconds
+    assert again["history"][0]["train_loss"] == pytest.approx(uninterrupted["history"][0]["train_loss"], abs=1e-6)
     # ... and epoch 2, retrained from it, lands where the uninterrupted run did.
-    assert again["history"][1]["train_loss"] == pytest.approx(first["history"][1]["train_loss"], abs=1e-6)
-    assert again["test"]["roc_auc"] == pytest.approx(first["test"]["roc_auc"], abs=1e-6)
-    assert again["valid"]["roc_auc"] == pytest.approx(first["valid"]["roc_auc"], abs=1e-6)
+    assert again["history"][1]["train_loss"] == pytest.approx(uninterrupted["history"][1]["train_loss"], abs=1e-6)
+    for split in ("valid", "test"):
+        assert again[split]["roc_auc"] == pytest.approx(uninterrupted[split]["roc_auc"], abs=1e-6)
 
 
 def test_barrier_mode_trains_on_the_executors(flat_run):
