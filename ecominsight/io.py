@@ -215,17 +215,30 @@ class Lake:
         re-run replaces exactly the partitions it recomputes; others are replaced whole."""
         path = self.table_path(zone, table)
         self._recover(zone, table)
-        if partition_by:
-            # One task per partition value: one file per partition instead of one per (task, value).
-            # Spark stages the files and moves each partition in only when the job commits.
-            writer = df.repartition(*partition_by).write.mode("overwrite")
-            writer.option("partitionOverwriteMode", "dynamic").partitionBy(*partition_by).parquet(path)
-        else:
-            # Written beside the table, then swapped in by two renames: a run killed mid-write leaves
-            # the previous table whole (Spark's own overwrite deletes it before writing the new one).
-            staged = self.root / zone / f"{STAGED_PREFIX}{table}-{uuid.uuid4().hex[:8]}"
-            df.write.parquet(str(staged))
-            self._swap_in(staged, zone, table)
+        existed = Path(path).exists()
+        staged = None if partition_by else self.root / zone / f"{STAGED_PREFIX}{table}-{uuid.uuid4().hex[:8]}"
+        try:
+            if partition_by:
+                # One task per partition value: one file per partition instead of one per (task, value).
+                # Spark stages the files and moves each partition in only when the job commits.
+                writer = df.repartition(*partition_by).write.mode("overwrite")
+                writer.option("partitionOverwriteMode", "dynamic").partitionBy(*partition_by).parquet(path)
+            else:
+                # Written beside the table, then swapped in by two renames: a run killed mid-write leaves
+                # the previous table whole (Spark's own overwrite deletes it before writing the new one).
+                df.write.parquet(str(staged))
+                self._swap_in(staged, zone, table)
+        except Exception as err:
+            # No partial output: the unfinished copy goes, and so does the empty folder a failed first
+            # write of a partitioned table leaves (a reader would take it for an empty table).
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
+            elif not existed and _is_local(path) and next(Path(path).rglob("*.parquet"), None) is None:
+                shutil.rmtree(path, ignore_errors=True)
+            cause = storage_failure(err)
+            if cause is None:
+                raise
+            raise LakeError(f"cannot write lake table {zone}/{table} at {path}: {cause}") from err
         log.info("wrote %s/%s to %s", zone, table, path)
         return path
 
@@ -338,6 +351,23 @@ def _holder_alive(lock: dict[str, Any]) -> bool:
     except (PermissionError, ValueError, TypeError):
         return True
     return True
+
+
+def storage_failure(err: BaseException) -> str | None:
+    """The storage error behind a failed Spark job (disk full, permission denied, ...): the message of
+    the deepest java.io / java.nio.file exception in the Java cause chain, or None if there is none."""
+    if isinstance(err, OSError):
+        return f"{err.strerror or err} ({err.filename})" if err.filename else str(err)
+    cause = getattr(err, "java_exception", None) or getattr(err, "_origin", None)
+    found = None
+    for _ in range(64):  # a cause chain is short; the bound guards against a cycle
+        if cause is None:
+            break
+        name = cause.getClass().getName()
+        if name.startswith(("java.io.", "java.nio.file.")):
+            found = cause.getMessage() or name
+        cause = cause.getCause()
+    return found
 
 
 def write_json(path: Path, payload: Any) -> None:

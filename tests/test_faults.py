@@ -142,6 +142,38 @@ def test_an_unwritable_lake_path_fails_clearly_without_output(tmp_path):
 
 
 
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 512 KiB tmpfs mounted for the test: the lake's disk fills up during the first table write."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up (needs root/CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_fails_clearly_and_leaves_no_partial_table(full_disk):
+    """Injected: a lake on a 512 KiB file system, so Spark's Parquet writer hits ENOSPC. Checked: exit 2,
+    an error naming the table, its path and the cause, no Python traceback, and no partial output:
+    nothing under the lake that a reader could take for a table, no staging leftovers, no lock."""
+    lake_root = full_disk / "lake"
+    result = subprocess.run([sys.executable, "-m", "ecominsight", "clean", "--set", f"lake={lake_root}"],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert (f"clean failed: cannot write lake table clean/events at {lake_root}/clean/events: No space left on device"
+            in result.stderr), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    leftovers = [p for p in lake_root.rglob("*") if p.name.startswith(("_staged-", ".spark-staging", "_lock"))]
+    assert not leftovers
+    tables = [table for zone in ("clean", "quarantine", "features") for table in (lake_root / zone).glob("*")]
+    assert all(list(table.rglob("*.parquet")) for table in tables), tables  # a table that exists is complete
+
+
 def score_in_child(lake_root: str) -> None:
     """Run in a child process: the score stage (full mode) on a lake, with up to 4 attempts per task."""
     from ecominsight.config import load_config
