@@ -27,6 +27,10 @@ SPARK_HOME = Path(pyspark.__file__).resolve().parent
 LEAKY_ENV = ("PYTHONPATH", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "ECOMINSIGHT_CONF_DIR", "SPARK_HOME")
 
 
+# Secrets as users hold them: the pseudonym key and a token in the environment, a credential in Spark conf.
+PSEUDONYM_SECRET, TOKEN_SECRET, CONF_SECRET = "pseudonym-key-7c1e9b44d2a0", "dapi-4b2f0e9d7c6a", "s3-secret-93ad5e17b8"
+
+
 def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in LEAKY_ENV}
     return {**env, "SPARK_LOCAL_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1", **extra}
@@ -117,14 +121,18 @@ def cluster_run(standalone_cluster, tmp_path_factory):
          "--set", 'spark.conf={spark.sql.shuffle.partitions: "4"}',
          "--conf", "spark.executor.memory=1g", "--conf", "spark.eventLog.enabled=true",
          "--conf", f"spark.eventLog.dir=file://{events}", "--conf", "spark.eventLog.rolling.enabled=false",
-         "--conf", "spark.eventLog.compress=false"],
-        capture_output=True, text=True, cwd=root, env=_clean_env(), timeout=900)
+         "--conf", "spark.eventLog.compress=false",
+         # A credential in Spark conf, as users pass one (the run never talks to S3).
+         "--set", f"spark.conf.spark.hadoop.fs.s3a.secret.key={CONF_SECRET}"],
+        capture_output=True, text=True, cwd=root, timeout=900,
+        env=_clean_env(ECOMINSIGHT_PSEUDONYM_KEY=PSEUDONYM_SECRET, DATABRICKS_TOKEN=TOKEN_SECRET))
     timings = {"package_s": round(packaged - started, 1), "pipeline_s": round(time.monotonic() - packaged, 1)}
     print(f"cluster test timings: {timings}")
     (root / "submit.stdout").write_text(result.stdout, encoding="utf-8")
     (root / "submit.stderr").write_text(result.stderr, encoding="utf-8")
     assert result.returncode == 0, (f"see {root}/submit.std*", result.stdout[-4000:], result.stderr[-2000:])
-    return {"lake": lake, "events": events, "stdout": result.stdout, "package_stderr": package.stderr, **standalone_cluster}
+    return {"lake": lake, "events": events, "stdout": result.stdout, "package_stderr": package.stderr,
+            "run_root": root, **standalone_cluster}
 
 
 def _event_log(events: Path) -> list[dict]:
@@ -176,3 +184,31 @@ def test_training_ran_as_barrier_tasks_on_two_executors(cluster_run):
     executors = {e["Task Info"]["Executor ID"] for e in log if e["Event"] == "SparkListenerTaskEnd"
                  and e["Stage ID"] in barrier_stages and e["Task End Reason"]["Reason"] == "Success"}
     assert len(executors) == 2 and "driver" not in executors, executors
+
+
+def test_no_secret_reaches_any_log_or_report_of_a_full_run(cluster_run):
+    """Injected: the pseudonym key and a Databricks token in the environment and an S3 secret in Spark
+    conf of the whole pipeline on the cluster. Checked: none of them appears in any file the run left
+    outside the data (driver output, event log, master/worker logs, executor stdout/stderr, the lake's
+    reports), while the key did pseudonymise the scores."""
+    from ecominsight.privacy import pseudonym
+
+    lake = cluster_run["lake"]
+    logs = [cluster_run["run_root"] / "submit.stdout", cluster_run["run_root"] / "submit.stderr",
+            *cluster_run["events"].iterdir(), *cluster_run["root"].glob("*.log"),
+            *cluster_run["root"].glob("logs/*"), *(lake / "reports").rglob("*.*")]
+    for work_dir in cluster_run["work_dirs"]:
+        logs += [p for p in work_dir.glob("app-*/*/std*") if p.is_file()]
+    assert len([p for p in logs if p.name in ("stdout", "stderr")]) >= 4  # both executors' outputs were read
+    for path in logs:
+        text = path.read_bytes()
+        for secret in (PSEUDONYM_SECRET, TOKEN_SECRET, CONF_SECRET):
+            assert secret.encode() not in text, f"{secret} leaked into {path}"
+    assert '"spark.hadoop.fs.s3a.secret.key": "***"' in cluster_run["stdout"]  # logged, masked
+    # The key from the environment is the one that made the pseudonyms (not a key file of the lake).
+    assert not (lake / "_secrets").exists()
+    raw_ids = ds.dataset(lake / "features" / "current_sequences", format="parquet").to_table(columns=["user_id"])
+    scored = set(ds.dataset(lake / "scores" / "user_scores", format="parquet", partitioning="hive")
+                 .to_table(columns=["user_id"]).column("user_id").to_pylist())
+    key = PSEUDONYM_SECRET.encode()
+    assert {pseudonym(str(user), key) for user in raw_ids.column("user_id").to_pylist()} == scored
