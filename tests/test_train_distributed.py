@@ -162,11 +162,8 @@ def test_the_transformer_trains_on_at_most_max_train_users(flat_run):
         # small baselines: this test is about the transformer's sample
         "train.gradient_boosted_trees.max_iter=2", "train.logistic_regression.max_iter=5",
     ]
-    runs = [run_stage("train", spark, load_config("local", overrides), lake, f"flat-capped-{i}")["train"] for i in (1, 2)]
-    for train in runs:
-        assert train["transformer"]["n_train"] == 40 and train["transformer"]["n_train_available"] == available > 40
-        # The baselines keep the whole train split; every model is tested on the same users.
-        assert train["lr"]["test"]["n"] == train["transformer"]["test"]["n"]
-    # Same seed, same sample, same training: the capped run is reproducible.
-    assert runs[0]["transformer"]["history"][0]["train_loss"] == pytest.approx(runs[1]["transformer"]["history"][0]["train_loss"], abs=1e-6)
-    assert runs[0]["transformer"]["test"]["roc_auc"] == pytest.approx(runs[1]["transformer"]["test"]["roc_auc"], abs=1e-6)
+    train = run_stage("train", spark, load_config("local", overrides), lake, "flat-capped")["train"]
+    assert train["transformer"]["n_train"] == 40 and train["transformer"]["n_train_available"] == available > 40
+    assert len(train["transformer"]["history"]) == 1
+    # The baselines keep the whole train split; every model is tested on the same users.
+    assert train["lr"]["test"]["n"] == train["transformer"]["test"]["n"]
