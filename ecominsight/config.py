@@ -99,6 +99,8 @@ class TransformerConfig:
     numeric_features: bool = True  # feed the baseline's features to the head beside the text
     head_learning_rate: float = 1e-3
     positive_class_weight: float | None = None  # None: unweighted cross-entropy
+    # None: every train-split user; N: a seeded, label-stratified sample of N (valid/test untouched)
+    max_train_users: int | None = None
     checkpoint: bool = True  # per-epoch checkpoints on the lake; a re-run resumes from the last one
     num_processes: int = 2
     local_mode: bool = True
@@ -295,6 +297,7 @@ _POSITIVE: tuple[str, ...] = (
     "insights.explain.batch_size",
     "insights.report.min_group_size",
 )
+_POSITIVE_OR_NULL: tuple[str, ...] = ("train.transformer.max_train_users",)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -422,6 +425,9 @@ def _validate_ranges(config: Config) -> None:
     for key in _POSITIVE:
         if _lookup(config, key) <= 0:
             raise ConfigError(f"{key}: must be positive, got {_lookup(config, key)}")
+    for key in _POSITIVE_OR_NULL:
+        if _lookup(config, key) is not None and _lookup(config, key) <= 0:
+            raise ConfigError(f"{key}: must be a positive integer or null, got {_lookup(config, key)}")
     fuse = config.fuse
     if not (0 < fuse.valid_fraction < 1 and 0 < fuse.test_fraction < 1
             and fuse.valid_fraction + fuse.test_fraction < 1):

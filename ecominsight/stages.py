@@ -263,6 +263,9 @@ def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
             "warmup_ratio": settings.warmup_ratio, "seed": settings.seed,
             "positive_class_weight": settings.positive_class_weight,
             "numeric_features": list(fuse.NUMERIC_FEATURES) if settings.numeric_features else []}
+    if settings.max_train_users is not None:
+        # Only when set: uncapped runs keep the checkpoint key (a hash of the spec) they had before the key existed.
+        spec["max_train_users"] = settings.max_train_users
     if settings.checkpoint:
         # Keyed by the data and everything that shapes training, so only a true re-run resumes.
         key = registry.stable_hash({**spec, "output_dir": None, "world": settings.num_processes})

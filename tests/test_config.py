@@ -48,6 +48,8 @@ def test_override_values_are_parsed_as_yaml_scalars():
     ("run_id=../../etc", "run_id: '../../etc' must be letters, digits"),
     ("warehouse.database=x;DROP", "warehouse.database: 'x;DROP' must be letters, digits and underscores"),
     ("fuse.review_max_words=0", "fuse.review_max_words: must be positive"),
+    ("train.transformer.max_train_users=0", "train.transformer.max_train_users: must be a positive integer or null"),
+    ("train.transformer.max_train_users=1.5", "train.transformer.max_train_users: expected an integer"),
 ])
 def test_bad_config_is_rejected_naming_the_key(override, message):
     with pytest.raises(ConfigError) as err:

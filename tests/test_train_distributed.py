@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 from safetensors import safe_open
@@ -19,7 +20,7 @@ from transformers import AutoTokenizer
 from ecominsight.config import load_config
 from ecominsight.io import Lake, read_json
 from ecominsight.models.classifier import load_classifier
-from ecominsight.models.transformer import ModelPathError, resolve_pretrained
+from ecominsight.models.transformer import ModelPathError, resolve_pretrained, stratified_sample
 from ecominsight.stages import run_stage
 from ecominsight.transforms.fuse import NUMERIC_FEATURES
 
@@ -168,3 +169,33 @@ def test_search_queries_of_the_flat_table_become_search_insights(flat_run):
     segments = {r["segment"] for r in table.select("segment").distinct().collect()}
     assert "all" in segments and segments - {"all"} <= {r["segment"] for r in profiles.select("segment").distinct().collect()}
     assert '<section id="search">' in (lake.report_dir("flat") / "report.html").read_text()
+
+
+def test_training_user_cap_is_a_seeded_stratified_sample():
+    labels = np.array([1] * 30 + [0] * 70)
+    kept = stratified_sample(labels, 20, seed=3)
+    assert len(kept) == 20 and len(set(kept.tolist())) == 20 and labels[kept].sum() == 6  # 30% positives kept
+    assert kept.tolist() == stratified_sample(labels, 20, seed=3).tolist()  # deterministic
+    assert kept.tolist() != stratified_sample(labels, 20, seed=4).tolist()  # and the seed matters
+    assert stratified_sample(labels, None, seed=3).tolist() == list(range(100))
+    assert stratified_sample(labels, 100, seed=3).tolist() == list(range(100))
+    # A rare class keeps at least one member, so the capped train split still holds both classes.
+    rare = np.array([1] + [0] * 99)
+    assert rare[stratified_sample(rare, 10, seed=0)].tolist().count(1) == 1
+
+
+def test_the_transformer_trains_on_at_most_max_train_users(flat_run):
+    spark, lake, summary, tiny_encoder = flat_run
+    available = read_json(Path(summary["train"]["model_dirs"]["transformer"]) / "metrics.json")["n_train"]
+    overrides = [
+        f"lake={lake.root}", "source.preset=flat_labelled", "fuse.label_mode=given", "fuse.population=any_event",
+        f"train.transformer.pretrained={tiny_encoder}", "train.transformer.epochs=1", "train.transformer.num_processes=1",
+        "train.transformer.checkpoint=false", "train.transformer.max_length=32", "train.transformer.max_train_users=40",
+        # small baselines: this test is about the transformer's sample
+        "train.gradient_boosted_trees.max_iter=2", "train.logistic_regression.max_iter=5",
+    ]
+    train = run_stage("train", spark, load_config("local", overrides), lake, "flat-capped")["train"]
+    assert train["transformer"]["n_train"] == 40 and train["transformer"]["n_train_available"] == available > 40
+    assert len(train["transformer"]["history"]) == 1
+    # The baselines keep the whole train split; every model is tested on the same users.
+    assert train["lr"]["test"]["n"] == train["transformer"]["test"]["n"]

@@ -76,6 +76,25 @@ def _read_split(data_path: str, split: str, numeric_columns: list[str]) -> dict[
             "numeric": frame[numeric_columns].to_numpy(dtype="float64")}
 
 
+def stratified_sample(labels: Any, cap: int | None, *, seed: int) -> Any:
+    """Row indices (sorted) of a seeded sample of at most `cap` rows of `labels` (a 0/1 array) that keeps
+    each class's share, rounded; all rows when `cap` is None or not below their number. The same labels,
+    cap and seed always give the same indices, so a capped run is reproducible and resumable."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    if cap is None or cap >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels != 1)
+    # Keep at least one of each class present, so validation-based selection still compares models.
+    n_positive = int(round(cap * len(positives) / len(labels)))
+    n_positive = min(max(n_positive, 1 if len(positives) else 0), len(positives), cap - (1 if len(negatives) else 0))
+    chosen = np.concatenate([rng.choice(positives, n_positive, replace=False),
+                             rng.choice(negatives, cap - n_positive, replace=False)])
+    return np.sort(chosen)
+
+
 class _Checkpoints:
     """Per-epoch training state on the lake: weights as safetensors, optimizer/scheduler through
     `torch.load(weights_only=True)` (no arbitrary unpickling), progress as JSON. An epoch counts
@@ -163,6 +182,14 @@ def train_worker(spec: dict[str, Any]) -> None:
     data = {split: _read_split(spec["data_path"], split, numeric_columns) for split in ("train", "valid", "test")}
     if len(data["train"]["text"]) == 0:
         raise ValueError(f"no training rows in {spec['data_path']}")
+    # A CPU time budget: train on a sample of the train split; valid/test stay whole, so every model
+    # is still judged on the same users.
+    n_train_available = len(data["train"]["text"])
+    kept = stratified_sample(data["train"]["label"], spec.get("max_train_users"), seed=seed)
+    data["train"] = {"text": [data["train"]["text"][i] for i in kept], "label": data["train"]["label"][kept],
+                     "numeric": data["train"]["numeric"][kept]}
+    if rank == 0 and len(kept) < n_train_available:
+        log.info("training on %d of %d train users (train.transformer.max_train_users)", len(kept), n_train_available)
     scaler = NumericScaler.fit(numeric_columns, data["train"]["numeric"])
 
     # Resolved here, not on the driver: on a cluster each executor has its own copy of the env.
@@ -236,6 +263,7 @@ def train_worker(spec: dict[str, Any]) -> None:
 
     checkpoints = _Checkpoints(spec.get("checkpoint_dir"))
     best_score, best_epoch, history = -float("inf"), -1, []
+    best_valid: np.ndarray | None = None
     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     first_epoch = min(checkpoints.latest_epoch(), int(spec["epochs"]))
     if first_epoch:
@@ -265,13 +293,15 @@ def train_worker(spec: dict[str, Any]) -> None:
             scheduler.step()
             optimizer.zero_grad()
             losses.append(loss.item())
-        score = selection_score(data["valid"]["label"], predict("valid"))
+        valid_probabilities = predict("valid")
+        score = selection_score(data["valid"]["label"], valid_probabilities)
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "valid_selection_score": score,
                         "seconds": seconds})
         if score > best_score:
             best_score, best_epoch = score, epoch + 1
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_valid = valid_probabilities
         if rank == 0:
             log.info("epoch %d: train loss %.4f, valid ROC-AUC %.4f, %.1f s", epoch + 1, np.mean(losses), score, seconds)
             if checkpoints.directory is not None:
@@ -280,7 +310,10 @@ def train_worker(spec: dict[str, Any]) -> None:
         dist.barrier()
 
     model.load_state_dict(best_state)
-    valid_probabilities, test_probabilities = predict("valid"), predict("test")
+    # The best epoch's validation pass already scored these weights; only a best epoch restored from a
+    # checkpoint needs it again (one pass over the valid split is minutes on CPU).
+    valid_probabilities = best_valid if best_valid is not None else predict("valid")
+    test_probabilities = predict("test")
     if rank == 0:
         output = Path(spec["output_dir"])
         save_classifier(model, tokenizer, scaler, output, max_length=int(spec["max_length"]))
@@ -290,6 +323,7 @@ def train_worker(spec: dict[str, Any]) -> None:
             "best_epoch": best_epoch,
             "history": history,
             "n_train": n_train,
+            "n_train_available": n_train_available,
             "numeric_features": numeric_columns,
             "added_tokens": len(spec["extra_tokens"]),
             "world_size": world,
