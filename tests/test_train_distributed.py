@@ -188,8 +188,7 @@ def test_the_transformer_trains_on_at_most_max_train_users(flat_run):
     spark, lake, summary, tiny_encoder = flat_run
     available = read_json(Path(summary["train"]["model_dirs"]["transformer"]) / "metrics.json")["n_train"]
     overrides = [
-        f"lake={lake.root}", "source.preset=flat_labelled", "fuse.label_mode=given", "fuse.population=any_event",
-        f"train.transformer.pretrained={tiny_encoder}", "train.transformer.epochs=1", "train.transformer.num_processes=1",
+        *_flat_overrides(lake.root, tiny_encoder), "train.transformer.epochs=1", "train.transformer.num_processes=1",
         "train.transformer.checkpoint=false", "train.transformer.max_length=32", "train.transformer.max_train_users=40",
         # small baselines: this test is about the transformer's sample
         "train.gradient_boosted_trees.max_iter=2", "train.logistic_regression.max_iter=5",
