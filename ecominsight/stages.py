@@ -78,7 +78,10 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
         raw = _with_mapped_columns(clean.resolve_aliases(read_source(spark, preset, stage(paths)), aliases=preset.aliases),
                                    clean.mapped_columns(preset.events, preset.users, preset.reviews,
                                                         extra=[preset.timestamp.column, preset.label]), preset.name)
-        inputs, tagged = {"events": raw}, {"events": clean.mark_duplicates(clean.tag_events(raw, **_tag_kwargs(preset, run_id)))}
+        # Tagged once and kept: mark_duplicates reads its input three times (a hash count of the keys,
+        # the rows of unique keys as they are, the ranking of the few repeated ones), each action again.
+        events_tagged = clean.tag_events(raw, **_tag_kwargs(preset, run_id)).persist(StorageLevel.MEMORY_AND_DISK)
+        inputs, tagged = {"events": raw}, {"events": clean.mark_duplicates(events_tagged)}
         if preset.reviews:
             inputs["reviews"], tagged["reviews"] = raw, clean.tag_reviews(raw, **_tag_kwargs(preset, run_id, "reviews"))
         for table, side, tag in (("users", preset.user_source, clean.tag_users), ("items", preset.item_source, clean.tag_items)):
@@ -87,7 +90,8 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
                                                      clean.mapped_columns(side.fields, extra=[side.timestamp and side.timestamp.column]),
                                                      f"{preset.name} {table}")
                 tagged[table] = tag(inputs[table], **_tag_kwargs(preset, run_id, table))
-        tagged = {table: frame.persist(StorageLevel.MEMORY_AND_DISK) for table, frame in tagged.items()}
+        tagged = {table: frame if table == "events" else frame.persist(StorageLevel.MEMORY_AND_DISK)
+                  for table, frame in tagged.items()}
         try:
             window = _tag_kwargs(preset, run_id)["window"]
             profiles = {table: data_quality.table_profile(frame, columns=data_quality.PROFILED[table],
@@ -127,7 +131,7 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
                 events=lake.read(spark, "clean", "events", written_by="clean", schema=accepted.schema),
             )
         finally:
-            for frame in tagged.values():
+            for frame in (events_tagged, *tagged.values()):
                 frame.unpersist()
     write_json(lake.report_dir(run_id) / "data_quality.json", report)
     counts = {table: {"input_rows": p["input_rows"], "clean_rows": p["clean_rows"], "quarantined_rows": p["quarantined_rows"],
@@ -158,6 +162,21 @@ def run_fuse(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> di
     # Review text joins the sequence where the source has reviews.
     text_sources = dict(max_events=settings.max_events, review_max_words=settings.review_max_words,
                         reviews=lake.read(spark, "clean", "reviews", written_by="clean") if lake.exists("clean", "reviews") else None)
+    # One sorted event list per user serves both texts (as of the cutoff and as of the data end).
+    event_lists = fuse.user_event_lists(events, items, reviews=text_sources["reviews"],
+                                        review_max_words=settings.review_max_words).persist(StorageLevel.MEMORY_AND_DISK)
+    text_sources["event_lists"] = event_lists
+    try:
+        return _fuse_and_check(spark, config, lake, run_id, events=events, users=users, items=items,
+                               data_end=data_end, text_sources=text_sources)
+    finally:
+        event_lists.unpersist()
+
+
+def _fuse_and_check(spark: SparkSession, config: Config, lake: Lake, run_id: str, *, events: DataFrame,
+                    users: DataFrame, items: DataFrame, data_end: dt.date, text_sources: dict[str, Any]) -> dict[str, Any]:
+    """run_fuse's body once the shared inputs are read: fuse, write, check for leaks, summarise."""
+    settings = config.fuse
 
     if settings.label_mode == "given":
         if not lake.exists("clean", "labels"):
