@@ -78,10 +78,7 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
         raw = _with_mapped_columns(clean.resolve_aliases(read_source(spark, preset, stage(paths)), aliases=preset.aliases),
                                    clean.mapped_columns(preset.events, preset.users, preset.reviews,
                                                         extra=[preset.timestamp.column, preset.label]), preset.name)
-        # Tagged once and kept: mark_duplicates reads its input three times (a hash count of the keys,
-        # the rows of unique keys as they are, the ranking of the few repeated ones), each action again.
-        events_tagged = clean.tag_events(raw, **_tag_kwargs(preset, run_id)).persist(StorageLevel.MEMORY_AND_DISK)
-        inputs, tagged = {"events": raw}, {"events": clean.mark_duplicates(events_tagged)}
+        inputs, tagged = {"events": raw}, {"events": clean.mark_duplicates(clean.tag_events(raw, **_tag_kwargs(preset, run_id)))}
         if preset.reviews:
             inputs["reviews"], tagged["reviews"] = raw, clean.tag_reviews(raw, **_tag_kwargs(preset, run_id, "reviews"))
         for table, side, tag in (("users", preset.user_source, clean.tag_users), ("items", preset.item_source, clean.tag_items)):
@@ -90,8 +87,7 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
                                                      clean.mapped_columns(side.fields, extra=[side.timestamp and side.timestamp.column]),
                                                      f"{preset.name} {table}")
                 tagged[table] = tag(inputs[table], **_tag_kwargs(preset, run_id, table))
-        tagged = {table: frame if table == "events" else frame.persist(StorageLevel.MEMORY_AND_DISK)
-                  for table, frame in tagged.items()}
+        tagged = {table: frame.persist(StorageLevel.MEMORY_AND_DISK) for table, frame in tagged.items()}
         try:
             window = _tag_kwargs(preset, run_id)["window"]
             profiles = {table: data_quality.table_profile(frame, columns=data_quality.PROFILED[table],
@@ -131,7 +127,7 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
                 events=lake.read(spark, "clean", "events", written_by="clean", schema=accepted.schema),
             )
         finally:
-            for frame in (events_tagged, *tagged.values()):
+            for frame in tagged.values():
                 frame.unpersist()
     write_json(lake.report_dir(run_id) / "data_quality.json", report)
     counts = {table: {"input_rows": p["input_rows"], "clean_rows": p["clean_rows"], "quarantined_rows": p["quarantined_rows"],

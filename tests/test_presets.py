@@ -179,11 +179,7 @@ def _run_preset(spark, name: str, request, *, keep_raw: bool = False) -> SparkRu
     preset = load_preset(name)
     stage = _stage(request)
     raw = clean.resolve_aliases(read_source(spark, preset, stage(preset.resolved_paths())), aliases=preset.aliases)
-    tagged = clean.tag_events(raw, **_tag_kwargs(preset, "test-run"))
-    if keep_raw:
-        # `raw` holds the original text of quarantined rows only; the tests look up accepted ones too.
-        tagged = tagged.withColumn("row_text", clean.original_text())
-    tagged = clean.mark_duplicates(tagged)
+    tagged = clean.mark_duplicates(clean.tag_events(raw, **_tag_kwargs(preset, "test-run")))
     tagged = _persist(tagged if keep_raw else tagged.drop("raw"), request)
     by_reason: Counter = Counter()
     clean_events: Counter = Counter()
@@ -1005,13 +1001,13 @@ def test_uci_counts(name, formats, uci_head_run, uci_random_run, uci_frames):
 def test_uci_random_sample_dates_and_quotes(uci_random_run):
     tagged = uci_random_run.tagged
     # Both date styles, month first; London winter time is UTC.
-    assert _utc_text(tagged, F.col("row_text").contains('"X":"95163"')) == ["2011-02-20 11:39:00"]  # 2/20/11 11:39
-    assert _utc_text(tagged, F.col("row_text").contains('"X":"11306"')) == ["2010-12-06 10:08:00"]  # 12/06/2010 10:08
+    assert _utc_text(tagged, F.col("raw").contains('"X":"95163"')) == ["2011-02-20 11:39:00"]  # 2/20/11 11:39
+    assert _utc_text(tagged, F.col("raw").contains('"X":"11306"')) == ["2010-12-06 10:08:00"]  # 12/06/2010 10:08
     span = tagged.filter(F.col("reason").isNull()).agg(F.date_format(F.min("ts"), "yyyy-MM-dd"),
                                                         F.date_format(F.max("ts"), "yyyy-MM-dd")).first()
     assert tuple(span) == ("2010-12-01", "2011-02-23")
     # RFC 4180 quoting: "LETTER ""E"" BLING KEY RING" is one field holding two quote characters.
-    raw = [r["row_text"] for r in tagged.filter(F.col("row_text").contains('"X":"42054"')).collect()]
+    raw = [r["raw"] for r in tagged.filter(F.col("raw").contains('"X":"42054"')).collect()]
     assert len(raw) == 1 and json.loads(raw[0])["Description"] == 'LETTER "E" BLING KEY RING'
 
 

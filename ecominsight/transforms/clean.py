@@ -176,31 +176,20 @@ def outside_window(ts: Column, window: tuple[str, str, str]) -> Column:
     return (ts < start_utc) | (ts >= end_utc)
 
 
-# Helper columns of a tagged frame that carry the raw row to where its text is needed: the text of
-# every row is needed only for quarantined rows and, as the last tie-breaker, for repeats of a key.
-ROW, ROW_CORRUPT = "_row", "_row_corrupt"
-
-
-def original_text() -> Column:
-    """The original row of a tagged frame as text: the raw line of a malformed record, else the
-    row's columns as JSON (from the ROW / ROW_CORRUPT helpers of `_provenance`)."""
-    return F.coalesce(F.col(ROW_CORRUPT), F.to_json(F.col(ROW)))
-
-
 def _provenance(raw: DataFrame) -> list[Column]:
-    """`source_file`, `source_line`, the helper flags `_malformed` and `_bad_encoding`, and the
-    helpers ROW (the raw columns as a struct) and ROW_CORRUPT (the raw line of a malformed record)
-    from which `_with_reason` and `mark_duplicates` make `raw` where it is needed, for any raw
-    frame as read_source returns it."""
+    """`raw` (the original row as JSON, or the raw line of a malformed record), `source_file`,
+    `source_line` and the helper flag `_malformed`, for any raw frame as read_source returns it."""
     raw_columns = [c for c in raw.columns if c not in META_COLUMNS]
+    original = F.to_json(F.struct(*[F.col(f"`{c}`") for c in raw_columns]))
     has_corrupt = CORRUPT in raw.columns
+    if has_corrupt:
+        original = F.coalesce(F.col(CORRUPT), original)
 
     def meta(name: str, kind: str) -> Column:
         return F.col(name) if name in raw.columns else F.lit(None).cast(kind)
 
     return [
-        F.struct(*[F.col(f"`{c}`") for c in raw_columns]).alias(ROW),
-        meta(CORRUPT, "string").alias(ROW_CORRUPT),
+        original.alias("raw"),
         meta(SOURCE_FILE, "string").alias("source_file"),
         meta(SOURCE_LINE, "long").alias("source_line"),
         (F.col(CORRUPT).isNotNull() if has_corrupt else F.lit(False)).alias("_malformed"),
@@ -216,13 +205,9 @@ def _provenance(raw: DataFrame) -> list[Column]:
 
 
 def _with_reason(tagged: DataFrame, reason: Column, *, source: str, run_id: str) -> DataFrame:
-    """The tagged rows with `reason`, `raw` (the original text, for rejected rows only: JSON of
-    every accepted row would cost more than the rest of the tagging) and the constant columns;
-    helper flags dropped, the ROW helpers kept for `mark_duplicates`."""
-    helpers = [c for c in tagged.columns if c.startswith("_") and c not in (ROW, ROW_CORRUPT)]
+    helpers = [c for c in tagged.columns if c.startswith("_")]
     return (
         tagged.withColumn("reason", reason)
-        .withColumn("raw", F.when(F.col("reason").isNotNull(), original_text()))
         .drop(*helpers)
         .withColumn("source", F.lit(source))
         .withColumn("run_id", F.lit(run_id))
@@ -251,8 +236,7 @@ def tag_events(
     Input: raw rows (string columns named as in the source, plus `_source_file` and
     optionally `_corrupt_record`/`_source_line`). Output: one row per input row with the canonical
     event columns, `age_raw`/`gender_raw`/`region_raw`/`label_raw`, `raw` (the original row as JSON
-    or text; null for accepted rows), `source_file`, `source_line`, `source`, `run_id`, `reason`
-    (null for accepted rows) and the ROW helpers that `mark_duplicates` uses and drops.
+    or text), `source_file`, `source_line`, `source`, `run_id` and `reason` (null for accepted rows).
     """
     def field(name: str) -> Column:
         return _field(field_map, name)
@@ -322,59 +306,23 @@ def parse_label(column: Column) -> Column:
 DEDUP_KEY = ("user_id", "ts", "event_type", "item_id", "price", "quantity", "query", "session_id")
 
 
-def flag_repeated_keys(tagged: DataFrame, *, key: Sequence[str] = DEDUP_KEY) -> DataFrame:
-    """First half of `mark_duplicates`: flag the accepted rows whose `key` may occur more than once.
-
-    Input: a tagged frame (`tag_events`, `tag_users`, ...) with its ROW helpers. Output: the same
-    rows with `_repeated` (true for accepted rows whose key hash occurs more than once) and, for
-    those rows only, `_text` (the original text, the last tie-breaker); the ROW helpers dropped.
-    Most keys occur once: the hash count is small after its partial aggregation and is broadcast,
-    so the rows are neither shuffled nor turned into JSON. The input is read twice here and the
-    output twice by `rank_repeated_keys`: persist the input when it is expensive to compute.
-    """
-    accepted = F.col("reason").isNull()
-    # A hash collision only adds rows to the ranking, which partitions by the key itself. The window
-    # there groups 0.0 with -0.0, whose bits differ: adding 0.0 turns -0.0 into 0.0 before hashing.
-    doubles = {f.name for f in tagged.schema.fields if isinstance(f.dataType, (T.DoubleType, T.FloatType))}
-    key_hash = F.xxhash64(*[F.col(name) + F.lit(0.0) if name in doubles else F.col(name) for name in key])
-    repeated = (tagged.filter(accepted).groupBy(key_hash.alias("_key_hash")).count()
-                .filter(F.col("count") > 1).select("_key_hash", F.lit(True).alias("_repeated")))
-    flagged = tagged.withColumn("_key_hash", key_hash).join(F.broadcast(repeated), "_key_hash", "left")
-    candidate = accepted & F.col("_repeated").isNotNull()
-    return (flagged.withColumn("_repeated", candidate)
-            .withColumn("_text", F.when(candidate, original_text()))
-            .drop("_key_hash", ROW, ROW_CORRUPT))
-
-
-def rank_repeated_keys(flagged: DataFrame, *, key: Sequence[str] = DEDUP_KEY, prefer: Sequence[Column] = ()) -> DataFrame:
-    """Second half of `mark_duplicates`: rank the flagged rows of each key, mark all but the first.
-
-    Input: `flag_repeated_keys`'s output. Output: the tagged rows, repeats marked `duplicate`
-    with their `raw` filled in, the helpers dropped. Only the flagged rows are shuffled.
-    """
-    first_copy_first = Window.partitionBy(*key).orderBy(
-        *prefer, F.col("source_file").asc_nulls_last(), F.col("source_line").asc_nulls_last(), F.col("_text")
-    )
-    ranked = (
-        flagged.filter(F.col("_repeated"))
-        .withColumn("_copy", F.row_number().over(first_copy_first))
-        .withColumn("reason", F.when(F.col("_copy") > 1, F.lit(schema.REASON_DUPLICATE)))
-        .withColumn("raw", F.when(F.col("_copy") > 1, F.col("_text")))
-    )
-    columns = [c for c in flagged.columns if c not in ("_repeated", "_text")]
-    return flagged.filter(~F.col("_repeated")).select(*columns).unionByName(ranked.select(*columns))
-
-
 def mark_duplicates(tagged: DataFrame, *, key: Sequence[str] = DEDUP_KEY, prefer: Sequence[Column] = ()) -> DataFrame:
     """Among accepted rows, mark every repeat of the same `key` (by default: the same canonical
     event) as `duplicate`.
 
-    Input: a tagged frame (`tag_events`, `tag_users`, ...) with its ROW helpers. Output: the same
-    rows, repeats marked with their `raw` filled in, helpers dropped. The first copy (by `prefer`,
-    then source file, line and raw text) stays; rejected rows are never marked. Only accepted rows
-    whose key occurs more than once are ranked (`flag_repeated_keys`, `rank_repeated_keys`).
+    Input/output: a tagged frame (`tag_events`, `tag_users`, ...). The first copy (by `prefer`, then
+    source file, line and raw text) stays; rejected rows are ranked apart so that they never hide an
+    accepted one.
     """
-    return rank_repeated_keys(flag_repeated_keys(tagged, key=key), key=key, prefer=prefer)
+    accepted = F.col("reason").isNull()
+    first_copy_first = Window.partitionBy(accepted, *key).orderBy(
+        *prefer, F.col("source_file").asc_nulls_last(), F.col("source_line").asc_nulls_last(), F.col("raw")
+    )
+    return (
+        tagged.withColumn("_copy", F.row_number().over(first_copy_first))
+        .withColumn("reason", F.when(accepted & (F.col("_copy") > 1), F.lit(schema.REASON_DUPLICATE)).otherwise(F.col("reason")))
+        .drop("_copy")
+    )
 
 
 def accepted_events(tagged: DataFrame) -> DataFrame:
