@@ -191,6 +191,10 @@ def _extract(archive: Path, root: Path) -> list[str]:
 STAGED_PREFIX, RETIRED_PREFIX = "_staged-", "_retired-"
 
 
+# Tasks per core of a partitioned write: a few, so that days of unequal size even out across cores.
+WRITE_TASKS_PER_CORE = 2
+
+
 class Lake:
     """Paths of the lake zones (see DESIGN.md, "Lake layout") and table I/O on them."""
 
@@ -219,9 +223,12 @@ class Lake:
         staged = None if partition_by else self.root / zone / f"{STAGED_PREFIX}{table}-{uuid.uuid4().hex[:8]}"
         try:
             if partition_by:
-                # One task per partition value: one file per partition instead of one per (task, value).
+                # Hashed on the partition columns, each value lands in one task: one file per partition
+                # instead of one per (task, value). The task count is explicit: left to adaptive execution,
+                # a shuffle of a few hundred MB is coalesced into fewer tasks than there are cores.
                 # Spark stages the files and moves each partition in only when the job commits.
-                writer = df.repartition(*partition_by).write.mode("overwrite")
+                tasks = WRITE_TASKS_PER_CORE * df.sparkSession.sparkContext.defaultParallelism
+                writer = df.repartition(tasks, *partition_by).write.mode("overwrite")
                 writer.option("partitionOverwriteMode", "dynamic").partitionBy(*partition_by).parquet(path)
             else:
                 # Written beside the table, then swapped in by two renames: a run killed mid-write leaves

@@ -158,6 +158,21 @@ def run_fuse(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> di
     # Review text joins the sequence where the source has reviews.
     text_sources = dict(max_events=settings.max_events, review_max_words=settings.review_max_words,
                         reviews=lake.read(spark, "clean", "reviews", written_by="clean") if lake.exists("clean", "reviews") else None)
+    # One sorted event list per user serves both texts (as of the cutoff and as of the data end).
+    event_lists = fuse.user_event_lists(events, items, reviews=text_sources["reviews"],
+                                        review_max_words=settings.review_max_words).persist(StorageLevel.MEMORY_AND_DISK)
+    text_sources["event_lists"] = event_lists
+    try:
+        return _fuse_and_check(spark, config, lake, run_id, events=events, users=users, items=items,
+                               data_end=data_end, text_sources=text_sources)
+    finally:
+        event_lists.unpersist()
+
+
+def _fuse_and_check(spark: SparkSession, config: Config, lake: Lake, run_id: str, *, events: DataFrame,
+                    users: DataFrame, items: DataFrame, data_end: dt.date, text_sources: dict[str, Any]) -> dict[str, Any]:
+    """run_fuse's body once the shared inputs are read: fuse, write, check for leaks, summarise."""
+    settings = config.fuse
 
     if settings.label_mode == "given":
         if not lake.exists("clean", "labels"):

@@ -102,6 +102,43 @@ def test_malformed_csv_record_is_quarantined_with_its_raw_line(spark):
     assert rows == {None: rows[None], "malformed_row": "1,2020-01-01 10:00:00,pv"}
 
 
+def test_of_repeated_keys_the_first_by_file_then_text_stays_and_each_repeat_keeps_its_text(spark):
+    rows = [
+        # One event three times (the query differs only in markup that cleaning removes, so the
+        # canonical key is the same): with no line numbers, the smallest raw text stays.
+        ("5", "2020-01-03 09:00:00", "pv", "i9", "2", "<b>mug</b>", "file:///b.csv"),
+        ("5", "2020-01-03 09:00:00", "pv", "i9", "2", "mug", "file:///b.csv"),
+        ("5", "2020-01-03 09:00:00", "pv", "i9", "2.0", "mug", "file:///b.csv"),
+        # The same key in an earlier file wins over all of them.
+        ("5", "2020-01-03 09:00:00", "pv", "i9", "2", "<i>mug</i>", "file:///a.csv"),
+        # A price of -0 is the same key as 0; a rejected copy neither stays nor hides one.
+        ("6", "2020-01-03 09:00:00", "pv", "i9", "0", None, "file:///a.csv"),
+        ("6", "2020-01-03 09:00:00", "pv", "i9", "-0", None, "file:///a.csv"),
+        ("6", "2020-01-03 09:00:00", "pv", "i9", "0", None, "file:///a.csv"),
+        ("6", "yesterday", "pv", "i9", "0", None, "file:///a.csv"),
+        # Unique keys pass untouched.
+        ("7", "2020-01-03 09:00:00", "pv", "i9", "2", "mug", "file:///a.csv"),
+    ]
+    tagged = tag(spark.createDataFrame(rows, RAW_SCHEMA))
+    got = sorted((r["user_id"], r["reason"] or "", r["source_file"], r["raw"] if r["reason"] else None)
+                 for r in tagged.collect())
+
+    def text(row):
+        return "{" + ",".join(f'"{c}":"{v}"' for c, v in zip(RAW_COLUMNS, row) if v is not None) + "}"
+
+    assert got == sorted([
+        ("5", "", "file:///a.csv", None),
+        *[("5", "duplicate", "file:///b.csv", text(row)) for row in rows[:3]],
+        ("6", "", "file:///a.csv", None),
+        ("6", "duplicate", "file:///a.csv", text(rows[4])),
+        ("6", "duplicate", "file:///a.csv", text(rows[6])),
+        ("6", "bad_timestamp", "file:///a.csv", text(rows[7])),
+        ("7", "", "file:///a.csv", None),
+    ])
+    # User 6's -0 copy sorts first by its text ("-0" < "0") and stays: the two "0" copies are its repeats.
+    assert clean.accepted_events(tagged).filter("user_id = '6'").first()["price"] == 0.0
+
+
 def test_window_quarantines_events_outside_it_in_the_declared_zone(spark):
     raw = raw_frame(spark, [
         ("1", "2017-11-24 16:30:00", "pv", "i", "1", None),  # 00:30 on Nov 25 in Beijing: inside

@@ -134,3 +134,21 @@ def test_leak_check_flags_features_that_saw_the_cutoff(tables):
     tampered = fused.withColumn("last_event_ts", F.when(F.col("user_id") == "a", F.lit(dt.datetime(2020, 3, 1)))
                                 .otherwise(F.col("last_event_ts")))
     assert [r["user_id"] for r in fuse.leaked_rows(tampered).collect()] == ["a"]
+
+
+def test_one_event_list_serves_every_as_of_day(tables, spark):
+    events, users, items = tables
+    reviews = spark.createDataFrame([
+        ("a", "i1", dt.datetime(2020, 1, 5), 4.0, "lovely mug", "unit"),
+        ("a", "i2", dt.datetime(2020, 3, 2), 1.0, "written after the cutoff", "unit"),
+    ], schema.REVIEWS)
+    lists = fuse.user_event_lists(events, items, reviews=reviews, review_max_words=4)
+    # The cutoff, a day before every event (no text at all) and a day after the data end.
+    for as_of in (CUTOFF, dt.date(2019, 1, 1), dt.date(2020, 7, 1)):
+        alone = fuse.fuse_user_sequences(events, users, items, as_of=as_of, max_events=2, reviews=reviews,
+                                         review_max_words=4)
+        shared = fuse.fuse_user_sequences(events, users, items, as_of=as_of, max_events=2, reviews=reviews,
+                                          review_max_words=4, event_lists=lists)
+        assertDataFrameEqual(shared, alone)
+    before_cutoff = {r["user_id"]: r["behaviour"] for r in fuse.behaviour_text(lists, as_of=CUTOFF, max_events=5).collect()}
+    assert set(before_cutoff) == {"a", "b", "c"} and "after the cutoff" not in before_cutoff["a"]

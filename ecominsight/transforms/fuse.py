@@ -101,6 +101,50 @@ def review_phrase(reviews: DataFrame, *, max_words: int) -> Column:
     return F.concat_ws(" ", F.date_format("ts", "MM-dd"), F.lit("review"), stars, F.when(cut != "", cut))
 
 
+def user_event_lists(events: DataFrame, items: DataFrame, *, reviews: DataFrame | None = None,
+                     review_max_words: int = 40) -> DataFrame:
+    """Every event (and review) of each user as one time-ordered list, to cut as of any day.
+
+    Input: canonical events and items, and optionally canonical reviews, whose phrases interleave
+    with the events by time (a review is an event of the text). Output: user_id, events (an array of
+    `ts`, `item_id`, `phrase` structs, sorted). Built once, it serves the texts of several as-of
+    days (`behaviour_text`): one join with the item catalogue and one sort per user instead of one each.
+    """
+    titled = events.join(
+        items.select("item_id", F.col("title"), F.col("category").alias("item_category")), "item_id", "left"
+    ).withColumn("category", F.coalesce("category", "item_category"))
+    phrases = titled.select(
+        "user_id",
+        F.struct(F.col("ts"), F.coalesce(F.col("item_id"), F.lit("")).alias("item_id"), event_phrase(titled).alias("phrase")).alias("e"),
+    )
+    if reviews is not None:
+        phrases = phrases.unionByName(reviews.select(
+            "user_id",
+            F.struct(F.col("ts"), F.col("item_id"), review_phrase(reviews, max_words=review_max_words).alias("phrase")).alias("e"),
+        ))
+    return phrases.groupBy("user_id").agg(F.sort_array(F.collect_list("e")).alias("events"))
+
+
+def behaviour_text(event_lists: DataFrame, *, as_of: dt.date | None, max_events: int) -> DataFrame:
+    """The behaviour text as of a day from `user_event_lists`: the most recent `max_events`
+    phrases strictly before midnight UTC of `as_of` (all with `as_of=None`), in time order.
+
+    Output: user_id, behaviour (string), n_events_in_text; users without such an event have no row.
+    """
+    events = F.col("events")
+    if as_of is not None:
+        cutoff = _ts_literal(as_of)
+        # The list is sorted by time: the events before the cutoff are a prefix of it.
+        events = F.filter(events, lambda e: e["ts"] < cutoff)
+    history = event_lists.select("user_id", events.alias("events")).filter(F.size("events") > 0)
+    recent = F.expr(f"slice(events, greatest(size(events) - {int(max_events)} + 1, 1), {int(max_events)})")
+    return history.select(
+        "user_id",
+        F.array_join(F.transform(recent, lambda e: e["phrase"]), SEQUENCE_SEPARATOR).alias("behaviour"),
+        F.size(recent).alias("n_events_in_text"),
+    )
+
+
 def user_behaviour_text(events: DataFrame, items: DataFrame, *, as_of: dt.date | None, max_events: int,
                         reviews: DataFrame | None = None, review_max_words: int = 40) -> DataFrame:
     """The time-ordered behaviour text per user, most recent `max_events` kept.
@@ -110,26 +154,9 @@ def user_behaviour_text(events: DataFrame, items: DataFrame, *, as_of: dt.date |
     n_events_in_text.
     """
     history = events if as_of is None else events_before(events, as_of=as_of)
-    titled = history.join(
-        items.select("item_id", F.col("title"), F.col("category").alias("item_category")), "item_id", "left"
-    ).withColumn("category", F.coalesce("category", "item_category"))
-    phrases = titled.select(
-        "user_id",
-        F.struct(F.col("ts"), F.coalesce(F.col("item_id"), F.lit("")).alias("item_id"), event_phrase(titled).alias("phrase")).alias("e"),
-    )
-    if reviews is not None:
-        written = reviews if as_of is None else events_before(reviews, as_of=as_of)
-        phrases = phrases.unionByName(written.select(
-            "user_id",
-            F.struct(F.col("ts"), F.col("item_id"), review_phrase(written, max_words=review_max_words).alias("phrase")).alias("e"),
-        ))
-    ordered = phrases.groupBy("user_id").agg(F.sort_array(F.collect_list("e")).alias("events"))
-    recent = F.expr(f"slice(events, greatest(size(events) - {int(max_events)} + 1, 1), {int(max_events)})")
-    return ordered.select(
-        "user_id",
-        F.array_join(F.transform(recent, lambda e: e["phrase"]), SEQUENCE_SEPARATOR).alias("behaviour"),
-        F.size(recent).alias("n_events_in_text"),
-    )
+    written = reviews if reviews is None or as_of is None else events_before(reviews, as_of=as_of)
+    lists = user_event_lists(history, items, reviews=written, review_max_words=review_max_words)
+    return behaviour_text(lists, as_of=None, max_events=max_events)
 
 
 def attribute_text(users: DataFrame) -> DataFrame:
@@ -171,6 +198,7 @@ def fuse_user_sequences(
     labels: DataFrame | None = None,
     reviews: DataFrame | None = None,
     review_max_words: int = 40,
+    event_lists: DataFrame | None = None,
 ) -> DataFrame:
     """One row per user: `text` (attributes [SEP] behaviour), numeric features, `label`, `as_of`.
 
@@ -178,15 +206,19 @@ def fuse_user_sequences(
     an event before `as_of` (plus users known only from the users table); `purchasers` keeps those
     with a purchase before it. `labels` (user_id, label) joins as given; users without one get 0.
     With `labels=None` the label column is null (a scoring table). `reviews` (canonical, optional)
-    written before `as_of` join the text beside the events.
+    written before `as_of` join the text beside the events. `event_lists` (`user_event_lists` of
+    the same events, items and reviews) spares the join and sort when several as-of days are fused.
     """
     features = user_numeric_features(events, as_of=as_of)
     if population == "purchasers":
         base = features.filter(F.col("n_purchase") > 0).select("user_id")
     else:
         base = features.select("user_id").unionByName(users.select("user_id")).distinct()
-    text = user_behaviour_text(events, items, as_of=as_of, max_events=max_events, reviews=reviews,
-                               review_max_words=review_max_words)
+    if event_lists is None:
+        text = user_behaviour_text(events, items, as_of=as_of, max_events=max_events, reviews=reviews,
+                                   review_max_words=review_max_words)
+    else:
+        text = behaviour_text(event_lists, as_of=as_of, max_events=max_events)
     fused = (
         base.join(features, "user_id", "left")
         .join(text, "user_id", "left")
