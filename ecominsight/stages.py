@@ -5,11 +5,10 @@ Each `run_<stage>(spark, config, lake, run_id)` returns a small summary dict for
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -313,26 +312,10 @@ def _latest_scores(spark: SparkSession, lake: Lake, *, on_or_before: dt.date) ->
     return None if latest is None else scores.filter(F.col("score_date") == F.lit(latest)).select(*SCORE_COLUMNS)
 
 
-# Tasks per core for the model: the slowest task sets the wall time, and smaller tasks even it out.
-SCORE_TASKS_PER_CORE = 2
-# Rows per Arrow batch sent to a scoring worker, in predict batches: the default (10,000 rows) ships
-# a whole partition before the first prediction and leaves the JVM side idle while Python computes.
-SCORE_ARROW_BATCHES = 4
-
-
-@contextlib.contextmanager
-def _arrow_batch_rows(spark: SparkSession, rows: int) -> Iterator[None]:
-    """Set spark.sql.execution.arrow.maxRecordsPerBatch for the jobs run inside, then restore it."""
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    before = spark.conf.get(key, None)
-    spark.conf.set(key, str(rows))
-    try:
-        yield
-    finally:
-        if before is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, before)
+# Tasks per core for the model. Measured (BENCHMARKS.md, scoring): one task per core with Spark's
+# default Arrow batches came within 3% of the plain loop; two tasks per core with 128-row Arrow
+# batches cost 14% (the second wave of hash-sized tasks ends unevenly).
+SCORE_TASKS_PER_CORE = 1
 
 
 def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
@@ -383,8 +366,7 @@ def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
     )
     day = scored if carried is None else scored.unionByName(carried)
     # Materialise once: the model runs a single time, then the deciles and the write reuse it.
-    with _arrow_batch_rows(spark, SCORE_ARROW_BATCHES * settings.batch_size):
-        day = day.localCheckpoint(eager=True)
+    day = day.localCheckpoint(eager=True)
     # Counted from the materialised day, not from `scored`: counting that would run the model again.
     n_rescored = day.count() - carried.count() if carried is not None else None
     cut_points = day.approxQuantile("probability", [i / 10 for i in range(1, 10)], 1e-4)
