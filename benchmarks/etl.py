@@ -124,14 +124,19 @@ def spark_session():
     return spark
 
 
-def _stage_profile(spark, since_stage: int) -> list[dict[str, Any]]:
-    """Executor run time per Spark job description and stage name since `since_stage`, from the UI's REST API."""
+def spark_rest(spark, path: str) -> Any:
+    """GET `path` of the running application from the Spark UI's REST API (None without a UI)."""
     url = spark.sparkContext.uiWebUrl
     if not url:
-        return []
+        return None
     app = spark.sparkContext.applicationId
-    with urllib.request.urlopen(f"{url}/api/v1/applications/{app}/stages?status=complete", timeout=30) as reply:
-        stages = json.load(reply)
+    with urllib.request.urlopen(f"{url}/api/v1/applications/{app}/{path}", timeout=30) as reply:
+        return json.load(reply)
+
+
+def _stage_profile(spark, since_stage: int) -> list[dict[str, Any]]:
+    """Executor run time per Spark job description and stage name since `since_stage`, from the UI's REST API."""
+    stages = spark_rest(spark, "stages?status=complete") or []
     totals: dict[str, dict[str, Any]] = {}
     for stage in stages:
         if stage["stageId"] < since_stage:

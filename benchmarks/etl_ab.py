@@ -36,16 +36,11 @@ def _etl_module():
     return module
 
 
-def sql_profile(spark) -> list[dict[str, Any]]:
+def sql_profile(spark, etl) -> list[dict[str, Any]]:
     """Per SQL execution (the stages run by adaptive execution are named after no call site, but
     their execution is): description, wall seconds and the executor seconds of its stages."""
-    import urllib.request
-
-    url, app = spark.sparkContext.uiWebUrl, spark.sparkContext.applicationId
-
     def get(path: str) -> Any:
-        with urllib.request.urlopen(f"{url}/api/v1/applications/{app}/{path}", timeout=30) as reply:
-            return json.load(reply)
+        return etl.spark_rest(spark, path) or []
 
     stage_s = {s["stageId"]: s["executorRunTime"] / 1000 for s in get("stages?status=complete")}
     job_stages = {j["jobId"]: j["stageIds"] for j in get("jobs")}
@@ -67,7 +62,7 @@ def run(events: int, lake: Path, label: str, output: Path | None) -> dict[str, A
     spark = etl.spark_session()
     try:
         result = etl.run_spark(spark, str(data / "preset.yaml"), lake_dir=lake, overrides=["fuse.cutoff=null"])
-        result["sql_profile"] = sql_profile(spark)
+        result["sql_profile"] = sql_profile(spark, etl)
     finally:
         spark.stop()
     result = {"label": label, "ecominsight": str(Path(ecominsight.__file__).parent), "events": events, **result}
