@@ -153,10 +153,8 @@ def user_behaviour_text(events: DataFrame, items: DataFrame, *, as_of: dt.date |
     with the events by time (a review is an event of the text). Output: user_id, behaviour (string),
     n_events_in_text.
     """
-    history = events if as_of is None else events_before(events, as_of=as_of)
-    written = reviews if reviews is None or as_of is None else events_before(reviews, as_of=as_of)
-    lists = user_event_lists(history, items, reviews=written, review_max_words=review_max_words)
-    return behaviour_text(lists, as_of=None, max_events=max_events)
+    lists = user_event_lists(events, items, reviews=reviews, review_max_words=review_max_words)
+    return behaviour_text(lists, as_of=as_of, max_events=max_events)
 
 
 def attribute_text(users: DataFrame) -> DataFrame:
@@ -215,10 +213,8 @@ def fuse_user_sequences(
     else:
         base = features.select("user_id").unionByName(users.select("user_id")).distinct()
     if event_lists is None:
-        text = user_behaviour_text(events, items, as_of=as_of, max_events=max_events, reviews=reviews,
-                                   review_max_words=review_max_words)
-    else:
-        text = behaviour_text(event_lists, as_of=as_of, max_events=max_events)
+        event_lists = user_event_lists(events, items, reviews=reviews, review_max_words=review_max_words)
+    text = behaviour_text(event_lists, as_of=as_of, max_events=max_events)
     fused = (
         base.join(features, "user_id", "left")
         .join(text, "user_id", "left")
