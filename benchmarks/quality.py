@@ -6,8 +6,8 @@ Each data set runs through the real stages (clean -> fuse -> train) in its own l
 benchmarks/.work/, with the point-in-time label described below; the test-split metrics of every
 model land in benchmarks/results/quality.json; a data set with fewer than MIN_TEST_POSITIVES positive
 test users stops after fuse and is recorded as `{"_meta": {"skipped": <why, with the counts>}}`.
-Nothing here is tuned on the test split: the
-transformer keeps the epoch with the best validation ROC-AUC, thresholds come from validation.
+Nothing here is tuned on the test split: the transformer keeps the epoch with the best validation
+ROC-AUC, thresholds come from validation.
 """
 
 from __future__ import annotations
