@@ -4,8 +4,10 @@
 
 Each data set runs through the real stages (clean -> fuse -> train) in its own lake under
 benchmarks/.work/, with the point-in-time label described below; the test-split metrics of every
-model land in benchmarks/results/quality.json. Nothing here is tuned on the test split: the
-transformer keeps the epoch with the best validation ROC-AUC, thresholds come from validation.
+model land in benchmarks/results/quality.json; a data set with fewer than MIN_TEST_POSITIVES positive
+test users stops after fuse and is recorded as `{"_meta": {"skipped": <why, with the counts>}}`.
+Nothing here is tuned on the test split: the transformer keeps the epoch with the best validation
+ROC-AUC, thresholds come from validation.
 """
 
 from __future__ import annotations
@@ -46,9 +48,22 @@ DATASETS: dict[str, list[str]] = {
     # buys on Dec 2-3 given the history to Dec 1 (UTC days: the Beijing-time days shifted by 8 h)
     "taobao": ["source.preset=taobao_userbehavior", "fuse.cutoff=2017-12-02", "fuse.horizon_days=2",
                "fuse.population=any_event"],
+    # The two samples that span hours, with an exact sub-day cutoff and a one-hour label window; the
+    # population is the users active before the cutoff ("active": their users tables are derived from
+    # every event, so "any_event" would also admit users first seen inside the label window).
+    # Cutoffs chosen from counts of users and positives before any model ran (BENCHMARKS.md).
+    # REES46: buys in 02:32-02:50 UTC (the rest of the sample) given 00:00-02:32.
+    "rees46": ["source.preset=rees46_multicategory", "fuse.cutoff=2019-10-01T02:32:00", "fuse.horizon_hours=1",
+               "fuse.population=active"],
+    # JData: orders in 2016-03-01 00:02-00:31 Beijing time (the rest of the March head) given the
+    # February head and the March head's first three minutes.
+    "jdata": ["source.preset=jdata2017", "fuse.cutoff=2016-03-01T00:02:00+08:00", "fuse.horizon_hours=1",
+              "fuse.population=active"],
     "planted_order": ["fuse.label_mode=given", "fuse.population=any_event"],
     "planted_control": ["fuse.label_mode=given", "fuse.population=any_event"],
 }
+# Fewer test positives than this and no model is trained: the data set is recorded as skipped.
+MIN_TEST_POSITIVES = 5
 PLANTED = {"planted_order": synthetic.planted_order_events, "planted_control": synthetic.planted_control_events}
 
 
@@ -67,6 +82,9 @@ def markdown_table(results: dict) -> str:
     lines = ["| data set | n test | positive rate | model | ROC-AUC [95% CI] | avg precision | F1 | accuracy |",
              "|---|---|---|---|---|---|---|---|"]
     for name, models in results.items():
+        if "skipped" in models["_meta"]:
+            lines.append(f"| {name} | | | skipped | {models['_meta']['skipped']} | | | |")
+            continue
         for model in MODELS:
             m = models[model]
             ci = m["roc_auc_ci"] or [float("nan")] * 2
@@ -89,6 +107,7 @@ def main() -> None:
     if args.render_only:
         print(markdown_table(results))
         return
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     spark, _ = get_spark("ecominsight-quality", "local[2]", {"spark.ui.showConsoleProgress": "false",
                                                              "spark.driver.memory": "6g"})
     for name in args.datasets:
@@ -98,8 +117,18 @@ def main() -> None:
         config = load_config("local", overrides)
         started = time.perf_counter()
         summary = {}
-        for stage in ("clean", "fuse", "train"):
+        for stage in ("clean", "fuse"):
             summary.update(run_stage(stage, spark, config, Lake(config.lake_path), f"quality-{name}"))
+        by_split = summary["fuse"]["training_users_by_split"]
+        test = by_split.get("test", {"users": 0, "positives": 0})
+        if (test["positives"] or 0) < MIN_TEST_POSITIVES:
+            results[name] = {"_meta": {"skipped": f"{test['positives'] or 0} positives among {test['users']} test users "
+                                                  f"(fewer than {MIN_TEST_POSITIVES}); users/positives by split: {by_split}",
+                                       "overrides": overrides, "training_users_by_split": by_split}}
+            RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True))
+            logging.info("%s: skipped, %s", name, results[name]["_meta"]["skipped"])
+            continue
+        summary.update(run_stage("train", spark, config, Lake(config.lake_path), f"quality-{name}"))
         results[name] = {model: {**{key: summary["train"][model]["test"].get(key) for key in REPORTED},
                                  "n_test": summary["train"][model]["test"]["n"]} for model in MODELS}
         results[name]["_meta"] = {"seconds": round(time.perf_counter() - started, 1), "overrides": overrides,
@@ -110,7 +139,6 @@ def main() -> None:
                                   "transformer_epoch_seconds": [round(h["seconds"], 1) for h in
                                                                 summary["train"]["transformer"]["history"]],
                                   "training_users_by_split": summary["fuse"]["training_users_by_split"]}
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True))
         logging.info("%s: %s", name, {m: results[name][m]["roc_auc"] for m in MODELS})
     print(markdown_table(results))

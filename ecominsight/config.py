@@ -7,6 +7,7 @@ unknown keys, wrong types and out-of-range values raise `ConfigError` naming the
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import os
 import re
@@ -58,9 +59,11 @@ class SourceConfig:
 @dataclass(frozen=True)
 class FuseConfig:
     label_mode: str = "window"  # window: point-in-time purchase label; given: the source's label column
-    cutoff: str | None = None  # ISO date; None: latest event minus horizon_days
-    horizon_days: int = 90
-    population: str = "purchasers"  # users in the training table: purchasers | any_event
+    # ISO date (midnight UTC) or date-time (UTC unless it carries an offset); None: data end minus the horizon
+    cutoff: str | None = None
+    horizon_days: int | None = 90
+    horizon_hours: int | None = None  # instead of horizon_days, for samples that span hours
+    population: str = "purchasers"  # users in the training table: purchasers | any_event | active
     max_events: int = 64  # most recent events kept in the text sequence
     review_max_words: int = 40  # words of each review kept in the text (sources with reviews)
     split_seed: int = 17
@@ -267,7 +270,7 @@ class Config:
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "fuse.label_mode": ("window", "given"),
-    "fuse.population": ("purchasers", "any_event"),
+    "fuse.population": ("purchasers", "any_event", "active"),
     "score.mode": ("full", "incremental"),
     "score.precision": ("fp32", "int8", "onnx", "bf16"),
     "insights.recommendations.co_occurrence_within": ("user", "basket"),
@@ -297,7 +300,7 @@ _POSITIVE: tuple[str, ...] = (
     "insights.explain.batch_size",
     "insights.report.min_group_size",
 )
-_POSITIVE_OR_NULL: tuple[str, ...] = ("train.transformer.max_train_users",)
+_POSITIVE_OR_NULL: tuple[str, ...] = ("train.transformer.max_train_users", "fuse.horizon_hours")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -423,7 +426,8 @@ def _validate_ranges(config: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
     for key in _POSITIVE:
-        if _lookup(config, key) <= 0:
+        # fuse.horizon_days is null when fuse.horizon_hours replaces it (checked below)
+        if _lookup(config, key) is not None and _lookup(config, key) <= 0:
             raise ConfigError(f"{key}: must be positive, got {_lookup(config, key)}")
     for key in _POSITIVE_OR_NULL:
         if _lookup(config, key) is not None and _lookup(config, key) <= 0:
@@ -434,12 +438,15 @@ def _validate_ranges(config: Config) -> None:
         raise ConfigError(
             "fuse.valid_fraction and fuse.test_fraction must each lie in (0, 1) and sum to less than 1"
         )
-    for key in ("fuse.cutoff", "score.score_date", "insights.score_date"):
+    if (fuse.horizon_days is None) == (fuse.horizon_hours is None):
+        raise ConfigError("fuse.horizon_days / fuse.horizon_hours: give exactly one of them "
+                          f"(got horizon_days={fuse.horizon_days}, horizon_hours={fuse.horizon_hours})")
+    if fuse.cutoff is not None:
+        parse_cutoff(fuse.cutoff)
+    for key in ("score.score_date", "insights.score_date"):
         value = _lookup(config, key)
         if value is not None:
             try:
-                import datetime
-
                 datetime.date.fromisoformat(value)
             except ValueError as err:
                 raise ConfigError(f"{key}: {value!r} is not an ISO date (YYYY-MM-DD)") from err
@@ -455,6 +462,23 @@ def _validate_ranges(config: Config) -> None:
     # The database name is spliced into SQL identifiers: letters, digits and underscores only.
     if not config.warehouse.database.replace("_", "").isalnum() or not config.warehouse.database.isascii():
         raise ConfigError(f"warehouse.database: {config.warehouse.database!r} must be letters, digits and underscores")
+
+
+def parse_cutoff(value: str) -> datetime.date | datetime.datetime:
+    """`fuse.cutoff` as a day (`YYYY-MM-DD`, meaning midnight UTC) or an exact UTC instant
+    (`YYYY-MM-DDTHH:MM[:SS]`, UTC unless it carries an offset such as `+08:00`)."""
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        pass
+    try:
+        instant = datetime.datetime.fromisoformat(value)
+    except ValueError as err:
+        raise ConfigError(f"fuse.cutoff: {value!r} is not an ISO date (YYYY-MM-DD) or date-time "
+                          "(YYYY-MM-DDTHH:MM[:SS], UTC unless it carries an offset)") from err
+    if instant.tzinfo is None:
+        return instant.replace(tzinfo=datetime.timezone.utc)
+    return instant.astimezone(datetime.timezone.utc)
 
 
 def _check_bounds(key: str, rule: Any, names: tuple[str, ...], low: int, high: int) -> None:
@@ -538,12 +562,25 @@ def load_config(
     if not env_path.is_file():
         envs = sorted(p.stem for p in directory.glob("*.yaml") if p.stem != "base")
         raise ConfigError(f"unknown env {env!r}: no {env_path}; available envs: {', '.join(envs)}")
-    merged = deep_merge(_read_yaml(base_path), _read_yaml(env_path))
-    merged = deep_merge(merged, parse_overrides(overrides or []))
+    layers = deep_merge(_read_yaml(env_path), parse_overrides(overrides or []))
+    merged = deep_merge(_read_yaml(base_path), layers)
+    _horizon_hours_replace_days(merged, layers)
     merged["env"] = env
     config = _build(Config, merged, "")
     _validate_ranges(config)
     return config
+
+
+def _horizon_hours_replace_days(merged: dict[str, Any], layers: Mapping[str, Any]) -> None:
+    """A `fuse.horizon_hours` set above base.yaml replaces base.yaml's `horizon_days`; both set
+    above it is a contradiction."""
+    fuse = layers.get("fuse")
+    if not isinstance(fuse, Mapping) or fuse.get("horizon_hours") is None or not isinstance(merged.get("fuse"), dict):
+        return
+    if fuse.get("horizon_days") is not None:
+        raise ConfigError("fuse.horizon_hours: cannot be combined with fuse.horizon_days "
+                          f"({fuse['horizon_days']}); give one horizon")
+    merged["fuse"] = {**merged["fuse"], "horizon_days": None}
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -72,3 +72,31 @@ def test_every_shipped_env_and_preset_validates():
         assert load_config(env).env == env
     for name in ("online_retail_ii_sample", "online_retail_ii", "taobao_userbehavior", "rees46_multicategory", "flat_labelled"):
         assert load_preset(name).name == name
+
+
+def test_sub_day_cutoff_and_an_hours_horizon():
+    import datetime as dt
+
+    from ecominsight.config import parse_cutoff
+
+    config = load_config("local", ["fuse.cutoff=2019-10-01T02:32:00", "fuse.horizon_hours=1", "fuse.population=active"])
+    # horizon_hours replaces base.yaml's horizon_days
+    assert (config.fuse.horizon_hours, config.fuse.horizon_days, config.fuse.population) == (1, None, "active")
+    assert parse_cutoff(config.fuse.cutoff) == dt.datetime(2019, 10, 1, 2, 32, tzinfo=dt.timezone.utc)
+    # An offset is honoured (Beijing midnight + 2 min = 16:02 UTC the day before); a day means midnight UTC.
+    beijing = load_config("local", ["fuse.cutoff=2016-03-01T00:02:00+08:00", "fuse.horizon_hours=1"])
+    assert parse_cutoff(beijing.fuse.cutoff) == dt.datetime(2016, 2, 29, 16, 2, tzinfo=dt.timezone.utc)
+    assert parse_cutoff(load_config("local").fuse.cutoff) == dt.date(2011, 9, 10)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["fuse.horizon_hours=2", "fuse.horizon_days=3"], "fuse.horizon_hours: cannot be combined with fuse.horizon_days"),
+    (["fuse.horizon_hours=0"], "fuse.horizon_hours: must be a positive integer or null"),
+    (["fuse.horizon_days=null"], "fuse.horizon_days / fuse.horizon_hours: give exactly one"),
+    (["fuse.cutoff=2019-10-01T25:00"], "fuse.cutoff: '2019-10-01T25:00' is not an ISO date (YYYY-MM-DD) or date-time"),
+    (["fuse.population=everyone"], "fuse.population: 'everyone' is not one of purchasers, any_event, active"),
+])
+def test_bad_horizon_or_cutoff_is_rejected_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("local", overrides)
+    assert message in str(err.value)

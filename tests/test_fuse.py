@@ -152,3 +152,67 @@ def test_one_event_list_serves_every_as_of_day(tables, spark):
                              fuse.behaviour_text(history, as_of=None, max_events=2))
     before_cutoff = {r["user_id"]: r["behaviour"] for r in fuse.behaviour_text(lists, as_of=CUTOFF, max_events=5).collect()}
     assert set(before_cutoff) == {"a", "b", "c"} and "after the cutoff" not in before_cutoff["a"]
+
+
+# A sub-day cutoff (samples that span hours): 2019-10-01 02:32:00 UTC, a one-hour label window.
+INSTANT = dt.datetime(2019, 10, 1, 2, 32, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture()
+def hourly_tables(spark):
+    events = events_frame(spark, [
+        ("a", dt.datetime(2019, 10, 1, 0, 5), "view", "i1", None, None, None, "s1"),
+        ("a", dt.datetime(2019, 10, 1, 2, 31, 59), "cart", "i1", 10.0, 1.0, None, "s1"),
+        ("a", dt.datetime(2019, 10, 1, 2, 32), "purchase", "i1", 10.0, 1.0, None, "s1"),    # at the cutoff: label only
+        ("b", dt.datetime(2019, 10, 1, 2, 10), "view", "i2", None, None, None, "s2"),
+        ("b", dt.datetime(2019, 10, 1, 3, 32), "purchase", "i2", 5.0, 1.0, None, "s2"),     # at the window's end: outside
+        ("c", dt.datetime(2019, 10, 1, 2, 20), "purchase", "i2", 5.0, 1.0, None, "s3"),
+        ("c", dt.datetime(2019, 10, 1, 3, 31, 59), "purchase", "i2", 5.0, 1.0, None, "s4"),  # last second inside
+        ("n", dt.datetime(2019, 10, 1, 2, 32, 1), "purchase", "i1", 10.0, 1.0, None, "s5"),  # first seen after the cutoff
+    ])
+    # As for sources without a users file, the users table lists every user of the events, "n" included.
+    users = spark.createDataFrame([(u, None, "U", None, None) for u in ("a", "b", "c", "n")], schema.USERS)
+    items = spark.createDataFrame([("i1", "Red Mug", None, None, 10.0, None), ("i2", "Blue Pot", None, None, 5.0, None)],
+                                  schema.ITEMS)
+    return events, users, items
+
+
+def test_sub_day_cutoff_splits_features_labels_and_text_at_the_instant(hourly_tables):
+    events, users, items = hourly_tables
+    labels = fuse.point_in_time_labels(events, cutoff=INSTANT, horizon_hours=1)
+    assert sorted((r["user_id"], r["label"]) for r in labels.collect()) == [("a", 1), ("c", 1), ("n", 1)]
+    fused = fuse.fuse_user_sequences(events, users, items, as_of=INSTANT, max_events=10, population="active", labels=labels)
+    rows = {r["user_id"]: r for r in fused.collect()}
+    assert set(rows) == {"a", "b", "c"}  # "active": "n" is in the users table but has nothing before the cutoff
+    assert {u: r["label"] for u, r in rows.items()} == {"a": 1, "b": 0, "c": 1}
+    a = rows["a"]
+    assert (a["n_events"], a["n_cart"], a["n_purchase"]) == (2.0, 1.0, 0.0)  # the 02:32:00 purchase is not a feature
+    assert a["recency_days"] == pytest.approx(1 / 86400)  # 02:31:59 -> 02:32:00
+    assert a["text"] == "10-01 view Red Mug ; 10-01 cart Red Mug 10.00"
+    assert a["last_event_ts"] == dt.datetime(2019, 10, 1, 2, 31, 59)  # the session's zone is UTC
+    assert all(r["as_of"] == dt.date(2019, 10, 1) and r["as_of_ts"] == dt.datetime(2019, 10, 1, 2, 32) for r in rows.values())
+    assert fuse.leaked_rows(fused).count() == 0
+    everyone = fuse.fuse_user_sequences(events, users, items, as_of=INSTANT, max_events=10, population="any_event")
+    assert sorted(r["user_id"] for r in everyone.collect()) == ["a", "b", "c", "n"]
+    # The same instant written in another zone is the same cutoff.
+    beijing = INSTANT.astimezone(dt.timezone(dt.timedelta(hours=8)))
+    assertDataFrameEqual(fuse.point_in_time_labels(events, cutoff=beijing, horizon_hours=1), labels)
+
+
+def test_a_day_cutoff_keeps_its_midnight_instant(tables):
+    events, users, items = tables
+    fused = fuse.fuse_user_sequences(events, users, items, as_of=CUTOFF, max_events=10)
+    assert {(r["as_of"], r["as_of_ts"]) for r in fused.collect()} == {(CUTOFF, dt.datetime(2020, 3, 1))}
+    with pytest.raises(ValueError, match="exactly one of horizon_days and horizon_hours"):
+        fuse.point_in_time_labels(events, cutoff=CUTOFF, horizon_days=30, horizon_hours=2)
+
+
+def test_leak_check_compares_with_the_cutoff_instant_not_its_day(hourly_tables):
+    events, users, items = hourly_tables
+    fused = fuse.fuse_user_sequences(events, users, items, as_of=INSTANT, max_events=10, population="active")
+    # One second after the cutoff, on the cutoff's own day: a check against the day would miss it.
+    for leaked_at, caught in ((dt.datetime(2019, 10, 1, 2, 32, 1), ["a"]), (dt.datetime(2019, 10, 1, 2, 32), ["a"]),
+                              (dt.datetime(2019, 10, 1, 2, 31, 59, 999999), [])):
+        tampered = fused.withColumn("last_event_ts", F.when(F.col("user_id") == "a", F.lit(leaked_at))
+                                    .otherwise(F.col("last_event_ts")))
+        assert [r["user_id"] for r in fuse.leaked_rows(tampered).collect()] == caught, leaked_at

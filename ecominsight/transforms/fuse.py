@@ -1,7 +1,8 @@
 """Fuse: canonical users/events/items -> one row per user with text, numeric features, label, split.
 
 Pure DataFrame -> DataFrame transforms. Point-in-time discipline: every feature is computed
-from events strictly before `as_of`; the label looks only at [as_of, as_of + horizon).
+from events strictly before `as_of`; the label looks only at [as_of, as_of + horizon). `as_of` is a
+day (midnight UTC) or an exact instant (a timezone-aware datetime; samples that span only hours need one).
 """
 
 from __future__ import annotations
@@ -26,12 +27,25 @@ NO_HISTORY = "no history"
 NEVER_PURCHASED_DAYS = 3650.0
 
 
-def _ts_literal(day: dt.date) -> Column:
-    return F.lit(dt.datetime.combine(day, dt.time.min)).cast("timestamp")
+# An as-of point: a day (its midnight UTC) or an exact, timezone-aware instant.
+AsOf = dt.date | dt.datetime
 
 
-def events_before(events: DataFrame, *, as_of: dt.date) -> DataFrame:
-    """Events strictly before midnight UTC of `as_of`."""
+def as_of_instant(as_of: AsOf) -> dt.datetime:
+    """The exact UTC instant of an as-of point: midnight UTC of a day, or the datetime itself
+    (naive datetimes are read as UTC)."""
+    if isinstance(as_of, dt.datetime):
+        return as_of.replace(tzinfo=dt.timezone.utc) if as_of.tzinfo is None else as_of.astimezone(dt.timezone.utc)
+    return dt.datetime.combine(as_of, dt.time.min, tzinfo=dt.timezone.utc)
+
+
+def _ts_literal(as_of: AsOf) -> Column:
+    # An aware datetime converts to the epoch exactly; a naive one would go through the machine's zone.
+    return F.lit(as_of_instant(as_of)).cast("timestamp")
+
+
+def events_before(events: DataFrame, *, as_of: AsOf) -> DataFrame:
+    """Events strictly before `as_of` (midnight UTC of a day, or the exact instant)."""
     return events.filter(F.col("ts") < _ts_literal(as_of))
 
 
@@ -42,7 +56,7 @@ def _count_distinct(column: Column) -> Column:
     return F.size(F.collect_set(column))
 
 
-def user_numeric_features(events: DataFrame, *, as_of: dt.date) -> DataFrame:
+def user_numeric_features(events: DataFrame, *, as_of: AsOf) -> DataFrame:
     """Per user, behaviour counts, spend, recency and rhythm from events before `as_of`.
 
     Input: canonical events. Output: user_id + NUMERIC_FEATURES (doubles, no nulls) + last_event_ts
@@ -132,9 +146,9 @@ def user_event_lists(events: DataFrame, items: DataFrame, *, reviews: DataFrame 
     return phrases.groupBy("user_id").agg(F.sort_array(F.collect_list("e")).alias("events"))
 
 
-def behaviour_text(event_lists: DataFrame, *, as_of: dt.date | None, max_events: int) -> DataFrame:
-    """The behaviour text as of a day from `user_event_lists`: the most recent `max_events`
-    phrases strictly before midnight UTC of `as_of` (all with `as_of=None`), in time order.
+def behaviour_text(event_lists: DataFrame, *, as_of: AsOf | None, max_events: int) -> DataFrame:
+    """The behaviour text as of a day or instant from `user_event_lists`: the most recent `max_events`
+    phrases strictly before `as_of` (all with `as_of=None`), in time order.
 
     Output: user_id, behaviour (string), n_events_in_text; users without such an event have no row.
     """
@@ -152,7 +166,7 @@ def behaviour_text(event_lists: DataFrame, *, as_of: dt.date | None, max_events:
     )
 
 
-def user_behaviour_text(events: DataFrame, items: DataFrame, *, as_of: dt.date | None, max_events: int,
+def user_behaviour_text(events: DataFrame, items: DataFrame, *, as_of: AsOf | None, max_events: int,
                         reviews: DataFrame | None = None, review_max_words: int = 40) -> DataFrame:
     """The time-ordered behaviour text per user, most recent `max_events` kept.
 
@@ -174,9 +188,16 @@ def attribute_text(users: DataFrame) -> DataFrame:
     return users.select("user_id", F.concat_ws(" | ", *parts).alias("attributes"))
 
 
-def point_in_time_labels(events: DataFrame, *, cutoff: dt.date, horizon_days: int) -> DataFrame:
-    """Users who purchase in [cutoff, cutoff + horizon_days): user_id, label = 1."""
-    start, end = _ts_literal(cutoff), _ts_literal(cutoff + dt.timedelta(days=horizon_days))
+def point_in_time_labels(events: DataFrame, *, cutoff: AsOf, horizon_days: int | None = None,
+                         horizon_hours: int | None = None) -> DataFrame:
+    """Users who purchase in [cutoff, cutoff + horizon): user_id, label = 1.
+
+    The horizon is `horizon_days` or `horizon_hours` (exactly one); `cutoff` is a day or an instant.
+    """
+    if (horizon_days is None) == (horizon_hours is None):
+        raise ValueError("point_in_time_labels: give exactly one of horizon_days and horizon_hours")
+    horizon = dt.timedelta(days=horizon_days) if horizon_days is not None else dt.timedelta(hours=horizon_hours)
+    start, end = _ts_literal(cutoff), _ts_literal(as_of_instant(cutoff) + horizon)
     buyers = events.filter((F.col("event_type") == "purchase") & (F.col("ts") >= start) & (F.col("ts") < end))
     return buyers.select("user_id").distinct().withColumn("label", F.lit(1))
 
@@ -197,7 +218,7 @@ def fuse_user_sequences(
     users: DataFrame,
     items: DataFrame,
     *,
-    as_of: dt.date,
+    as_of: AsOf,
     max_events: int,
     population: str = "any_event",
     labels: DataFrame | None = None,
@@ -205,11 +226,15 @@ def fuse_user_sequences(
     review_max_words: int = 40,
     event_lists: DataFrame | None = None,
 ) -> DataFrame:
-    """One row per user: `text` (attributes [SEP] behaviour), numeric features, `label`, `as_of`.
+    """One row per user: `text` (attributes [SEP] behaviour), numeric features, `label`, `as_of` (the
+    day, a date) and `as_of_ts` (the exact instant, a timestamp: midnight UTC of the day unless
+    `as_of` is a datetime).
 
     Features use events strictly before `as_of`. `population`: `any_event` keeps every user with
-    an event before `as_of` (plus users known only from the users table); `purchasers` keeps those
-    with a purchase before it. `labels` (user_id, label) joins as given; users without one get 0.
+    an event before `as_of` (plus users known only from the users table); `active` keeps only the
+    users with an event before `as_of` (where the users table is derived from all events, it also
+    lists users first seen after `as_of`); `purchasers` keeps those with a purchase before it.
+    `labels` (user_id, label) joins as given; users without one get 0.
     With `labels=None` the label column is null (a scoring table). `reviews` (canonical, optional)
     written before `as_of` join the text beside the events. `event_lists` (`user_event_lists` of
     the same events, items and reviews) spares the join and sort when several as-of days are fused.
@@ -217,6 +242,8 @@ def fuse_user_sequences(
     features = user_numeric_features(events, as_of=as_of)
     if population == "purchasers":
         base = features.filter(F.col("n_purchase") > 0).select("user_id")
+    elif population == "active":
+        base = features.select("user_id")
     else:
         base = features.select("user_id").unionByName(users.select("user_id")).distinct()
     if event_lists is None:
@@ -235,11 +262,13 @@ def fuse_user_sequences(
         fused = fused.withColumn("label", F.lit(None).cast("int"))
     else:
         fused = fused.join(labels.select("user_id", F.col("label").cast("int")), "user_id", "left").fillna(0, subset=["label"])
-    return fused.withColumn("as_of", F.lit(as_of).cast("date")).select(
-        "user_id", "text", *NUMERIC_FEATURES, "n_events_in_text", "last_event_ts", "label", "as_of"
+    instant = as_of_instant(as_of)
+    return fused.withColumn("as_of", F.lit(instant.date()).cast("date")).withColumn("as_of_ts", _ts_literal(instant)).select(
+        "user_id", "text", *NUMERIC_FEATURES, "n_events_in_text", "last_event_ts", "label", "as_of", "as_of_ts"
     )
 
 
 def leaked_rows(fused: DataFrame) -> DataFrame:
-    """Rows whose features used an event at or after their `as_of` day: must always be empty."""
-    return fused.filter(F.col("last_event_ts") >= F.col("as_of").cast("timestamp"))
+    """Rows whose features used an event at or after their exact as-of instant (`as_of_ts`, not
+    just its day): must always be empty. Input: a `fuse_user_sequences` table."""
+    return fused.filter(F.col("last_event_ts") >= F.col("as_of_ts"))
