@@ -34,19 +34,6 @@ class AccountingError(RuntimeError):
     """Input rows != clean rows + quarantined rows: a row went missing, which must never happen."""
 
 
-# Partitions per core of a frame the stages cache. Spark keeps the last shuffle of a cached plan at
-# spark.sql.shuffle.partitions (adaptive execution does not coalesce it), so a cached window or
-# groupBy stays in 200 small partitions and every later read of the cache pays 200 tasks: at 1M
-# events, deriving the users from the cached tagged events took 53 s on 200 partitions, 5 s on 4.
-CACHE_TASKS_PER_CORE = 2
-
-
-def _cached(frame: DataFrame) -> DataFrame:
-    """`frame` persisted (memory, spilling to disk) in CACHE_TASKS_PER_CORE partitions per core."""
-    tasks = CACHE_TASKS_PER_CORE * frame.sparkSession.sparkContext.defaultParallelism
-    return frame.coalesce(tasks).persist(StorageLevel.MEMORY_AND_DISK)
-
-
 def _tag_kwargs(preset: Preset, run_id: str, table: str = "events") -> dict[str, Any]:
     """Keyword arguments of clean.tag_<table> for a preset: its events or reviews (both from the
     preset's rows), its users (`user_source`) or its items (`item_source`)."""
@@ -99,7 +86,7 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
                                                      clean.mapped_columns(side.fields, extra=[side.timestamp and side.timestamp.column]),
                                                      f"{preset.name} {table}")
                 tagged[table] = tag(inputs[table], **_tag_kwargs(preset, run_id, table))
-        tagged = {table: _cached(frame) for table, frame in tagged.items()}
+        tagged = {table: frame.persist(StorageLevel.MEMORY_AND_DISK) for table, frame in tagged.items()}
         try:
             window = _tag_kwargs(preset, run_id)["window"]
             profiles = {table: data_quality.table_profile(frame, columns=data_quality.PROFILED[table],
@@ -178,8 +165,8 @@ def run_fuse(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> di
     text_sources = dict(max_events=settings.max_events, review_max_words=settings.review_max_words,
                         reviews=lake.read(spark, "clean", "reviews", written_by="clean") if lake.exists("clean", "reviews") else None)
     # One sorted event list per user serves both texts (as of the cutoff and as of the data end).
-    event_lists = _cached(fuse.user_event_lists(events, items, reviews=text_sources["reviews"],
-                                                review_max_words=settings.review_max_words))
+    event_lists = fuse.user_event_lists(events, items, reviews=text_sources["reviews"],
+                                        review_max_words=settings.review_max_words).persist(StorageLevel.MEMORY_AND_DISK)
     text_sources["event_lists"] = event_lists
     try:
         return _fuse_and_check(spark, config, lake, run_id, events=events, users=users, items=items,
