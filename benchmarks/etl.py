@@ -114,13 +114,14 @@ class PeakSampler:
 # (a) ecominsight on Spark
 
 
-def spark_session():
+def spark_session(extra_conf: dict[str, str] | None = None):
     from ecominsight.config import load_config
     from ecominsight.session import get_spark
 
     config = load_config("local", [f"spark.master={MASTER}"])
     # The UI's REST API gives the stage timings of the profile.
-    spark, _ = get_spark("ecominsight-etl-benchmark", MASTER, {**config.spark.conf, "spark.ui.enabled": "true"})
+    spark, _ = get_spark("ecominsight-etl-benchmark", MASTER,
+                         {**config.spark.conf, "spark.ui.enabled": "true", **(extra_conf or {})})
     return spark
 
 
@@ -205,11 +206,11 @@ def run_spark(spark, preset: str, *, lake_dir: Path, overrides: list[str] = (), 
             cleaned = time.perf_counter()
             fused = stages.run_fuse(spark, config, lake, "bench")
             done = time.perf_counter()
-    except Exception as err:  # noqa: BLE001 - a cancelled run fails inside Spark with any of several errors
-        if not deadline.expired:
-            raise
-        log.warning("spark run of %s cancelled after %s s (%s)", preset, timeout_s, type(err).__name__)
-        return {"spark_s": None, "spark_failure": f"not finished within {timeout_s} s (cancelled)",
+    except Exception as err:  # noqa: BLE001 - a cancelled or failed run fails inside Spark with any of several errors
+        # A failed run is a result too (the baselines' figures of the same size must not be lost with it).
+        why = f"not finished within {timeout_s} s (cancelled)" if deadline.expired else _spark_failure(err)
+        log.warning("spark run of %s failed: %s", preset, why)
+        return {"spark_s": None, "spark_failure": why,
                 "spark_clean_s": round(cleaned - started, 2) if cleaned > started else None,
                 "peak_driver_rss_mb": round(sampler.peak_jvm), "peak_python_workers_rss_mb": round(sampler.peak_workers),
                 "spark_profile_top": _stage_profile(spark, first_stage)[:8]}
@@ -219,6 +220,15 @@ def run_spark(spark, preset: str, *, lake_dir: Path, overrides: list[str] = (), 
             "training_users_by_split": fused["training_users_by_split"],
             "peak_driver_rss_mb": round(sampler.peak_jvm), "peak_python_workers_rss_mb": round(sampler.peak_workers),
             "spark_profile_top": _stage_profile(spark, first_stage)[:8]}
+
+
+def _spark_failure(err: Exception) -> str:
+    """The line of a Spark failure that names its cause (a JVM out-of-memory error where there is one)."""
+    text = str(err)
+    for line in text.splitlines():
+        if "OutOfMemoryError" in line:
+            return line.strip()[:300]
+    return f"{type(err).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,6 +531,8 @@ def main() -> None:
     parser.add_argument("--no-real", action="store_true", help="skip the complete real sets")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds a baseline may run")
     parser.add_argument("--spark-timeout", type=int, default=None, help="seconds a Spark clean+fuse may run (default: no limit)")
+    parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="Spark setting over conf/local.yaml's (e.g. spark.driver.memory=8g), recorded per size")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--render-only", action="store_true", help="print the BENCHMARKS.md table of --output")
     parser.add_argument("--merge", action="store_true", help="add to the figures already in --output")
@@ -538,7 +550,8 @@ def main() -> None:
     for noisy in ("ecominsight", "py4j"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     CACHE.mkdir(parents=True, exist_ok=True)
-    spark = spark_session()
+    extra_conf = dict(pair.split("=", 1) for pair in args.spark_conf)
+    spark = spark_session(extra_conf)
     try:
         command = "benchmarks/etl.py " + " ".join(sys.argv[1:])
         results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "master": MASTER}, "commands": [command], "sizes": {}}
@@ -551,6 +564,8 @@ def main() -> None:
             log.info("size %d", events)
             results["sizes"][str(events)] = bench_size(spark, events, baselines=tuple(args.baselines), timeout_s=args.timeout,
                                                     spark_timeout_s=args.spark_timeout)
+            if extra_conf:
+                results["sizes"][str(events)]["spark_conf"] = extra_conf
             _write(args.output, results)  # after each step, so a long run leaves what it measured
         if not args.no_real:
             results["real"] = bench_real(spark, timeout_s=args.spark_timeout)
