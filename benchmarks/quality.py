@@ -35,30 +35,30 @@ REPORTED = ("roc_auc", "roc_auc_ci", "avg_precision", "avg_precision_ci", "f1", 
 # data set -> config overrides (the label each one asks, features strictly before the cutoff)
 DATASETS: dict[str, list[str]] = {
     # buys in 2011-09-10..2011-12-09 given the history before; customers with a purchase before
-    "online_retail_ii": ["source.preset=online_retail_ii", "fuse.cutoff=2011-09-10", "fuse.horizon_days=91",
+    "online_retail_ii": ["source.preset=online_retail_ii", "fuse.cutoff=2011-09-10", "fuse.horizon=91d",
                          "fuse.population=purchasers"],
     # buys in February 2001 given November-January; the transformer on the whole train split for one
     # epoch (25 min on 2 quiet cores; two epochs did not fit the CPU time budget, see BENCHMARKS.md)
-    "tafeng": ["source.preset=tafeng_grocery", "fuse.cutoff=2001-02-01", "fuse.horizon_days=28",
+    "tafeng": ["source.preset=tafeng_grocery", "fuse.cutoff=2001-02-01", "fuse.horizon=28d",
                "fuse.population=purchasers", "train.transformer.epochs=1"],
     # The CDNOW transformer trains on a seeded, label-stratified sample of the train split (CPU time:
     # about 0.2 s per training user per epoch on 2 loaded cores, see BENCHMARKS.md); LR/GBT use it all.
     # any purchase in weeks 40-78 (1997-10-01..1998-06-30) given weeks 1-39
-    "cdnow": ["source.preset=cdnow", "fuse.cutoff=1997-10-01", "fuse.horizon_days=273", "fuse.population=purchasers",
+    "cdnow": ["source.preset=cdnow", "fuse.cutoff=1997-10-01", "fuse.horizon=273d", "fuse.population=purchasers",
               "train.transformer.max_train_users=3000"],
     # buys on Dec 2-3 given the history to Dec 1 (UTC days: the Beijing-time days shifted by 8 h)
-    "taobao": ["source.preset=taobao_userbehavior", "fuse.cutoff=2017-12-02", "fuse.horizon_days=2",
+    "taobao": ["source.preset=taobao_userbehavior", "fuse.cutoff=2017-12-02", "fuse.horizon=2d",
                "fuse.population=any_event"],
     # The two samples that span hours, with an exact sub-day cutoff and a one-hour label window; the
     # population is the users active before the cutoff ("active": their users tables are derived from
     # every event, so "any_event" would also admit users first seen inside the label window).
     # Cutoffs chosen from counts of users and positives before any model ran (BENCHMARKS.md).
     # REES46: buys in 02:32-02:50 UTC (the rest of the sample) given 00:00-02:32.
-    "rees46": ["source.preset=rees46_multicategory", "fuse.cutoff=2019-10-01T02:32:00", "fuse.horizon_hours=1",
+    "rees46": ["source.preset=rees46_multicategory", "fuse.cutoff=2019-10-01T02:32:00", "fuse.horizon=1h",
                "fuse.population=active"],
     # JData: orders in 2016-03-01 00:02-00:31 Beijing time (the rest of the March head) given the
     # February head and the March head's first three minutes.
-    "jdata": ["source.preset=jdata2017", "fuse.cutoff=2016-03-01T00:02:00+08:00", "fuse.horizon_hours=1",
+    "jdata": ["source.preset=jdata2017", "fuse.cutoff=2016-03-01T00:02:00+08:00", "fuse.horizon=1h",
               "fuse.population=active"],
     "planted_order": ["fuse.label_mode=given", "fuse.population=any_event"],
     "planted_control": ["fuse.label_mode=given", "fuse.population=any_event"],

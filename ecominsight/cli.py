@@ -30,7 +30,7 @@ def _parser(stage: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--env", default=os.environ.get("ECOMINSIGHT_ENV", "local"),
                         help="config overlay conf/<env>.yaml (local, cluster, databricks)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set fuse.horizon_days=30 (repeatable)")
+                        help="override a config value, e.g. --set fuse.horizon=30d (repeatable)")
     parser.add_argument("--conf-dir", default=None, help="config directory (default: the project's conf/)")
     return parser
 

@@ -25,6 +25,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The lake zones that hold tables (models, reports and checkpoints hold files).
 WAREHOUSE_ZONES = ("clean", "quarantine", "features", "scores", "insights")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_HORIZON = re.compile(r"([0-9]+)([dh])")
+_HORIZON_UNITS = {"d": "days", "h": "hours"}
 
 
 def _default_conf_dir() -> Path:
@@ -61,8 +63,7 @@ class FuseConfig:
     label_mode: str = "window"  # window: point-in-time purchase label; given: the source's label column
     # ISO date (midnight UTC) or date-time (UTC unless it carries an offset); None: data end minus the horizon
     cutoff: str | None = None
-    horizon_days: int | None = 90
-    horizon_hours: int | None = None  # instead of horizon_days, for samples that span hours
+    horizon: str = "90d"  # label window after the cutoff: <positive integer>d or h (see parse_horizon)
     population: str = "purchasers"  # users in the training table: purchasers | any_event | active
     max_events: int = 64  # most recent events kept in the text sequence
     review_max_words: int = 40  # words of each review kept in the text (sources with reviews)
@@ -276,7 +277,6 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "insights.recommendations.co_occurrence_within": ("user", "basket"),
 }
 _POSITIVE: tuple[str, ...] = (
-    "fuse.horizon_days",
     "fuse.max_events",
     "fuse.review_max_words",
     "train.logistic_regression.max_iter",
@@ -300,7 +300,7 @@ _POSITIVE: tuple[str, ...] = (
     "insights.explain.batch_size",
     "insights.report.min_group_size",
 )
-_POSITIVE_OR_NULL: tuple[str, ...] = ("train.transformer.max_train_users", "fuse.horizon_hours")
+_POSITIVE_OR_NULL: tuple[str, ...] = ("train.transformer.max_train_users",)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -426,7 +426,6 @@ def _validate_ranges(config: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
     for key in _POSITIVE:
-        # fuse.horizon_days is null when fuse.horizon_hours replaces it (checked below)
         if _lookup(config, key) is not None and _lookup(config, key) <= 0:
             raise ConfigError(f"{key}: must be positive, got {_lookup(config, key)}")
     for key in _POSITIVE_OR_NULL:
@@ -438,9 +437,7 @@ def _validate_ranges(config: Config) -> None:
         raise ConfigError(
             "fuse.valid_fraction and fuse.test_fraction must each lie in (0, 1) and sum to less than 1"
         )
-    if (fuse.horizon_days is None) == (fuse.horizon_hours is None):
-        raise ConfigError("fuse.horizon_days / fuse.horizon_hours: give exactly one of them "
-                          f"(got horizon_days={fuse.horizon_days}, horizon_hours={fuse.horizon_hours})")
+    parse_horizon(fuse.horizon)
     if fuse.cutoff is not None:
         parse_cutoff(fuse.cutoff)
     for key in ("score.score_date", "insights.score_date"):
@@ -479,6 +476,19 @@ def parse_cutoff(value: str) -> datetime.date | datetime.datetime:
     if instant.tzinfo is None:
         return instant.replace(tzinfo=datetime.timezone.utc)
     return instant.astimezone(datetime.timezone.utc)
+
+
+def parse_horizon(value: str) -> datetime.timedelta:
+    """`fuse.horizon` (`<positive integer><unit>`, unit `d` for days or `h` for hours, e.g. `90d`,
+    `1h`) as a timedelta."""
+    match = _HORIZON.fullmatch(value) if isinstance(value, str) else None
+    try:
+        if match is not None and int(match.group(1)) > 0:
+            return datetime.timedelta(**{_HORIZON_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        pass  # more days than a timedelta holds: rejected below like any other bad value
+    raise ConfigError(f"fuse.horizon: {value!r} is not a duration of the form <positive integer><unit>, "
+                      "unit d (days) or h (hours), e.g. 90d or 1h")
 
 
 def _check_bounds(key: str, rule: Any, names: tuple[str, ...], low: int, high: int) -> None:
@@ -564,23 +574,10 @@ def load_config(
         raise ConfigError(f"unknown env {env!r}: no {env_path}; available envs: {', '.join(envs)}")
     layers = deep_merge(_read_yaml(env_path), parse_overrides(overrides or []))
     merged = deep_merge(_read_yaml(base_path), layers)
-    _horizon_hours_replace_days(merged, layers)
     merged["env"] = env
     config = _build(Config, merged, "")
     _validate_ranges(config)
     return config
-
-
-def _horizon_hours_replace_days(merged: dict[str, Any], layers: Mapping[str, Any]) -> None:
-    """A `fuse.horizon_hours` set above base.yaml replaces base.yaml's `horizon_days`; both set
-    above it is a contradiction."""
-    fuse = layers.get("fuse")
-    if not isinstance(fuse, Mapping) or fuse.get("horizon_hours") is None or not isinstance(merged.get("fuse"), dict):
-        return
-    if fuse.get("horizon_days") is not None:
-        raise ConfigError("fuse.horizon_hours: cannot be combined with fuse.horizon_days "
-                          f"({fuse['horizon_days']}); give one horizon")
-    merged["fuse"] = {**merged["fuse"], "horizon_days": None}
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ecominsight import data_quality, privacy, schema
-from ecominsight.config import Config, ConfigError, FuseConfig, config_to_dict, parse_cutoff
+from ecominsight.config import Config, ConfigError, FuseConfig, config_to_dict, parse_cutoff, parse_horizon
 from ecominsight.io import Lake, LakeError, read_json, read_source, staging_area, write_json
 from ecominsight.presets import Preset, load_preset
 from ecominsight.transforms import clean, fuse, insights
@@ -151,10 +151,11 @@ def _latest_event_day(events: DataFrame) -> dt.date:
 
 
 def _default_cutoff(data_end: dt.date, settings: FuseConfig) -> dt.date | dt.datetime:
-    """No fuse.cutoff: the data's end minus the horizon (a day for horizon_days, an instant for hours)."""
-    if settings.horizon_hours is not None:
-        return fuse.as_of_instant(data_end) - dt.timedelta(hours=settings.horizon_hours)
-    return data_end - dt.timedelta(days=settings.horizon_days)
+    """No fuse.cutoff: the data's end minus the horizon (a day for a whole-day horizon, else an instant)."""
+    horizon = parse_horizon(settings.horizon)
+    if horizon % dt.timedelta(days=1):
+        return fuse.as_of_instant(data_end) - horizon
+    return data_end - horizon
 
 
 def run_fuse(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> dict[str, Any]:
@@ -193,8 +194,7 @@ def _fuse_and_check(spark: SparkSession, config: Config, lake: Lake, run_id: str
         training = training.join(labels.select("user_id"), "user_id", "left_semi")
     else:
         cutoff = parse_cutoff(settings.cutoff) if settings.cutoff else _default_cutoff(data_end, settings)
-        labels = fuse.point_in_time_labels(events, cutoff=cutoff, horizon_days=settings.horizon_days,
-                                           horizon_hours=settings.horizon_hours)
+        labels = fuse.point_in_time_labels(events, cutoff=cutoff, horizon=parse_horizon(settings.horizon))
         training = fuse.fuse_user_sequences(events, users, items, as_of=cutoff, population=settings.population,
                                             labels=labels, **text_sources)
     training = fuse.assign_split(training, seed=settings.split_seed, valid_fraction=settings.valid_fraction,
@@ -213,9 +213,7 @@ def _fuse_and_check(spark: SparkSession, config: Config, lake: Lake, run_id: str
                                                         F.sum("label").alias("positives")).collect()}
     n_current = lake.read(spark, "features", "current_sequences", written_by="fuse").count()
     summary = {"label_mode": settings.label_mode, "cutoff": cutoff.isoformat(), "data_end": data_end.isoformat(),
-               "horizon_days": settings.horizon_days, "training_users_by_split": by_split, "current_users": n_current}
-    if settings.horizon_hours is not None:
-        summary["horizon_hours"] = settings.horizon_hours
+               "horizon": settings.horizon, "training_users_by_split": by_split, "current_users": n_current}
     write_json(lake.report_dir(run_id) / "fuse.json", summary)
     log.info("fuse: cutoff %s, training users by split %s, %d users to score", cutoff, by_split, n_current)
     return summary
@@ -250,7 +248,7 @@ def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
     data = lake.read(spark, "features", "user_sequences", written_by="fuse")
     train_split = data.filter(F.col("split") == "train")
     if train_split.select("label").distinct().count() < 2:
-        raise LakeError("the training split holds only one class; widen fuse.horizon_days or move fuse.cutoff")
+        raise LakeError("the training split holds only one class; widen fuse.horizon or move fuse.cutoff")
     fingerprint = registry.data_fingerprint(data)
     version = registry.new_version(fingerprint)
     lineage = {"version": version, "run_id": run_id, "data_fingerprint": fingerprint,

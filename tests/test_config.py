@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 
 import pytest
 
-from ecominsight.config import ConfigError, load_config, parse_overrides
+from ecominsight.config import ConfigError, load_config, parse_horizon, parse_overrides
 from ecominsight.presets import load_preset
 
 
 def test_env_overlay_and_overrides_merge_in_order():
-    config = load_config("local", ["fuse.horizon_days=30", "train.transformer.epochs=1", "spark.conf.a.b=c"])
-    assert config.fuse.horizon_days == 30
+    assert load_config("local").fuse.horizon == "90d"  # base.yaml
+    config = load_config("local", ["fuse.horizon=30d", "train.transformer.epochs=1", "spark.conf.a.b=c"])
+    assert config.fuse.horizon == "30d"
     assert config.train.transformer.epochs == 1
     assert config.spark.master == "local[*]"  # from local.yaml
     assert config.spark.conf["spark.sql.shuffle.partitions"] == "8"  # base.yaml survives the overlay
@@ -22,7 +24,7 @@ def test_env_overlay_and_overrides_merge_in_order():
 def test_config_is_frozen():
     config = load_config("local")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.fuse.horizon_days = 1
+        config.fuse.horizon = "1d"
 
 
 def test_spark_conf_overrides_keep_their_dotted_keys():
@@ -38,8 +40,6 @@ def test_override_values_are_parsed_as_yaml_scalars():
 @pytest.mark.parametrize("override, message", [
     ("fuse.horizon_dayz=3", "unknown config key 'fuse.horizon_dayz'; allowed keys at fuse: cutoff,"),
     ("nonsense=1", "unknown config key 'nonsense'"),
-    ("fuse.horizon_days=soon", "fuse.horizon_days: expected an integer, got 'soon'"),
-    ("fuse.horizon_days=-5", "fuse.horizon_days: must be positive"),
     ("fuse.label_mode=magic", "fuse.label_mode: 'magic' is not one of window, given"),
     ("fuse.cutoff=yesterday", "fuse.cutoff: 'yesterday' is not an ISO date"),
     ("train.transformer.use_gpu=maybe", "train.transformer.use_gpu: expected true or false"),
@@ -75,24 +75,18 @@ def test_every_shipped_env_and_preset_validates():
 
 
 def test_sub_day_cutoff_and_an_hours_horizon():
-    import datetime as dt
-
     from ecominsight.config import parse_cutoff
 
-    config = load_config("local", ["fuse.cutoff=2019-10-01T02:32:00", "fuse.horizon_hours=1", "fuse.population=active"])
-    # horizon_hours replaces base.yaml's horizon_days
-    assert (config.fuse.horizon_hours, config.fuse.horizon_days, config.fuse.population) == (1, None, "active")
+    config = load_config("local", ["fuse.cutoff=2019-10-01T02:32:00", "fuse.horizon=1h", "fuse.population=active"])
+    assert (parse_horizon(config.fuse.horizon), config.fuse.population) == (dt.timedelta(hours=1), "active")
     assert parse_cutoff(config.fuse.cutoff) == dt.datetime(2019, 10, 1, 2, 32, tzinfo=dt.timezone.utc)
     # An offset is honoured (Beijing midnight + 2 min = 16:02 UTC the day before); a day means midnight UTC.
-    beijing = load_config("local", ["fuse.cutoff=2016-03-01T00:02:00+08:00", "fuse.horizon_hours=1"])
+    beijing = load_config("local", ["fuse.cutoff=2016-03-01T00:02:00+08:00", "fuse.horizon=1h"])
     assert parse_cutoff(beijing.fuse.cutoff) == dt.datetime(2016, 2, 29, 16, 2, tzinfo=dt.timezone.utc)
     assert parse_cutoff(load_config("local").fuse.cutoff) == dt.date(2011, 9, 10)
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["fuse.horizon_hours=2", "fuse.horizon_days=3"], "fuse.horizon_hours: cannot be combined with fuse.horizon_days"),
-    (["fuse.horizon_hours=0"], "fuse.horizon_hours: must be a positive integer or null"),
-    (["fuse.horizon_days=null"], "fuse.horizon_days / fuse.horizon_hours: give exactly one"),
     (["fuse.cutoff=2019-10-01T25:00"], "fuse.cutoff: '2019-10-01T25:00' is not an ISO date (YYYY-MM-DD) or date-time"),
     (["fuse.population=everyone"], "fuse.population: 'everyone' is not one of purchasers, any_event, active"),
 ])
@@ -100,3 +94,31 @@ def test_bad_horizon_or_cutoff_is_rejected_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config("local", overrides)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("90d", dt.timedelta(days=90)), ("1d", dt.timedelta(days=1)), ("273d", dt.timedelta(days=273)),
+    ("1h", dt.timedelta(hours=1)), ("36h", dt.timedelta(hours=36)), ("24h", dt.timedelta(days=1)),
+])
+def test_horizon_is_a_positive_count_of_days_or_hours(value, expected):
+    assert parse_horizon(value) == expected
+    assert load_config("local", [f"fuse.horizon={value}"]).fuse.horizon == value
+
+
+@pytest.mark.parametrize("value", ["0d", "0h", "90", "1w", "-1h", "1.5d", "d", "90 d", "90D", "1h30m", "", "null",
+                                   "[90d]", "1000000000d"])
+def test_bad_horizon_is_rejected_showing_the_accepted_form(value):
+    with pytest.raises(ConfigError) as err:
+        load_config("local", [f"fuse.horizon={value}"])
+    message = str(err.value)
+    assert message.startswith("fuse.horizon: ")
+    if value not in ("", "null", "[90d]"):  # not strings at all: the type check answers first
+        assert "<positive integer><unit>, unit d (days) or h (hours), e.g. 90d or 1h" in message
+
+
+@pytest.mark.parametrize("old_key", ["fuse.horizon_days=30", "fuse.horizon_hours=1"])
+def test_the_old_horizon_keys_are_unknown(old_key):
+    # The allowed keys the error lists point to the new one.
+    with pytest.raises(ConfigError, match=r"unknown config key 'fuse\.horizon_(days|hours)'; allowed keys at fuse: "
+                                          r"cutoff, horizon, label_mode"):
+        load_config("local", [old_key])

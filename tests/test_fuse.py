@@ -58,13 +58,13 @@ def test_features_use_only_events_strictly_before_as_of(tables):
 
 def test_label_counts_purchases_in_the_horizon_only(tables):
     events, _, _ = tables
-    labels = fuse.point_in_time_labels(events, cutoff=CUTOFF, horizon_days=30)
+    labels = fuse.point_in_time_labels(events, cutoff=CUTOFF, horizon=dt.timedelta(days=30))
     assertDataFrameEqual(labels, labels.sparkSession.createDataFrame([("a", 1), ("d", 1)], "user_id string, label int"))
 
 
 def test_fused_rows_join_text_features_and_labels(tables):
     events, users, items = tables
-    labels = fuse.point_in_time_labels(events, cutoff=CUTOFF, horizon_days=30)
+    labels = fuse.point_in_time_labels(events, cutoff=CUTOFF, horizon=dt.timedelta(days=30))
     fused = fuse.fuse_user_sequences(events, users, items, as_of=CUTOFF, max_events=10, population="any_event",
                                      labels=labels)
     rows = {r["user_id"]: r for r in fused.collect()}
@@ -179,7 +179,7 @@ def hourly_tables(spark):
 
 def test_sub_day_cutoff_splits_features_labels_and_text_at_the_instant(hourly_tables):
     events, users, items = hourly_tables
-    labels = fuse.point_in_time_labels(events, cutoff=INSTANT, horizon_hours=1)
+    labels = fuse.point_in_time_labels(events, cutoff=INSTANT, horizon=dt.timedelta(hours=1))
     assert sorted((r["user_id"], r["label"]) for r in labels.collect()) == [("a", 1), ("c", 1), ("n", 1)]
     fused = fuse.fuse_user_sequences(events, users, items, as_of=INSTANT, max_events=10, population="active", labels=labels)
     rows = {r["user_id"]: r for r in fused.collect()}
@@ -196,15 +196,29 @@ def test_sub_day_cutoff_splits_features_labels_and_text_at_the_instant(hourly_ta
     assert sorted(r["user_id"] for r in everyone.collect()) == ["a", "b", "c", "n"]
     # The same instant written in another zone is the same cutoff.
     beijing = INSTANT.astimezone(dt.timezone(dt.timedelta(hours=8)))
-    assertDataFrameEqual(fuse.point_in_time_labels(events, cutoff=beijing, horizon_hours=1), labels)
+    assertDataFrameEqual(fuse.point_in_time_labels(events, cutoff=beijing, horizon=dt.timedelta(hours=1)), labels)
 
 
 def test_a_day_cutoff_keeps_its_midnight_instant(tables):
     events, users, items = tables
     fused = fuse.fuse_user_sequences(events, users, items, as_of=CUTOFF, max_events=10)
     assert {(r["as_of"], r["as_of_ts"]) for r in fused.collect()} == {(CUTOFF, dt.datetime(2020, 3, 1))}
-    with pytest.raises(ValueError, match="exactly one of horizon_days and horizon_hours"):
-        fuse.point_in_time_labels(events, cutoff=CUTOFF, horizon_days=30, horizon_hours=2)
+    with pytest.raises(ValueError, match="horizon must be positive"):
+        fuse.point_in_time_labels(events, cutoff=CUTOFF, horizon=dt.timedelta(0))
+
+
+@pytest.mark.parametrize("horizon, cutoff", [
+    # A whole-day horizon on the day after the data's last day is a day; an hours horizon an instant.
+    ("90d", dt.date(2020, 3, 3)), ("1d", dt.date(2020, 5, 31)), ("48h", dt.date(2020, 5, 30)),
+    ("1h", dt.datetime(2020, 5, 31, 23, tzinfo=dt.timezone.utc)),
+    ("36h", dt.datetime(2020, 5, 30, 12, tzinfo=dt.timezone.utc)),
+])
+def test_default_cutoff_is_the_data_end_minus_the_horizon(horizon, cutoff):
+    from ecominsight.config import FuseConfig
+    from ecominsight.stages import _default_cutoff
+
+    got = _default_cutoff(dt.date(2020, 6, 1), FuseConfig(horizon=horizon))
+    assert (got, type(got)) == (cutoff, type(cutoff))
 
 
 def test_leak_check_compares_with_the_cutoff_instant_not_its_day(hourly_tables):

@@ -15,7 +15,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from ecominsight import privacy
-from ecominsight.config import load_config
+from ecominsight.config import load_config, parse_horizon
 from ecominsight.io import read_json
 from ecominsight.stages import run_score
 from ecominsight.transforms import fuse
@@ -39,7 +39,7 @@ def test_training_table_obeys_label_and_split_invariants(pipeline_run):
     # Recompute the label independently from the clean events: a purchase in [cutoff, cutoff + horizon).
     events = lake.read(spark, "clean", "events", written_by="clean")
     cutoff = dt.datetime.fromisoformat(config.fuse.cutoff)
-    end = cutoff + dt.timedelta(days=config.fuse.horizon_days)
+    end = cutoff + parse_horizon(config.fuse.horizon)
     buyers = {r["user_id"] for r in events.filter((F.col("event_type") == "purchase") & (F.col("ts") >= cutoff)
                                                   & (F.col("ts") < end)).select("user_id").distinct().collect()}
     earlier_buyers = {r["user_id"] for r in events.filter((F.col("event_type") == "purchase") & (F.col("ts") < cutoff))

@@ -188,15 +188,13 @@ def attribute_text(users: DataFrame) -> DataFrame:
     return users.select("user_id", F.concat_ws(" | ", *parts).alias("attributes"))
 
 
-def point_in_time_labels(events: DataFrame, *, cutoff: AsOf, horizon_days: int | None = None,
-                         horizon_hours: int | None = None) -> DataFrame:
+def point_in_time_labels(events: DataFrame, *, cutoff: AsOf, horizon: dt.timedelta) -> DataFrame:
     """Users who purchase in [cutoff, cutoff + horizon): user_id, label = 1.
 
-    The horizon is `horizon_days` or `horizon_hours` (exactly one); `cutoff` is a day or an instant.
+    Input: canonical events; `cutoff` is a day or an instant, `horizon` a positive timedelta.
     """
-    if (horizon_days is None) == (horizon_hours is None):
-        raise ValueError("point_in_time_labels: give exactly one of horizon_days and horizon_hours")
-    horizon = dt.timedelta(days=horizon_days) if horizon_days is not None else dt.timedelta(hours=horizon_hours)
+    if horizon <= dt.timedelta(0):
+        raise ValueError(f"point_in_time_labels: horizon must be positive, got {horizon}")
     start, end = _ts_literal(cutoff), _ts_literal(as_of_instant(cutoff) + horizon)
     buyers = events.filter((F.col("event_type") == "purchase") & (F.col("ts") >= start) & (F.col("ts") < end))
     return buyers.select("user_id").distinct().withColumn("label", F.lit(1))
