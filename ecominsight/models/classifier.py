@@ -46,6 +46,22 @@ class TextAndNumbersClassifier(nn.Module):
         return self.head(torch.cat([self.dropout(pooled), numeric.to(hidden.dtype)], dim=-1))
 
 
+def freeze_lower_layers(encoder: nn.Module, n_layers: int) -> None:
+    """Stop gradients into the encoder's input embeddings and its lowest `n_layers` transformer
+    layers (BERT-family layout: `encoder.encoder.layer`). On small data this keeps the pretrained
+    lower layers from drifting and makes each step cheaper; 0 leaves everything trainable."""
+    if n_layers <= 0:
+        return
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if layers is None:
+        raise ValueError(f"freeze_layers: {type(encoder).__name__} has no encoder.layer stack to freeze")
+    if n_layers > len(layers):
+        raise ValueError(f"freeze_layers: {n_layers} asked, the encoder has {len(layers)} layers")
+    for module in (encoder.get_input_embeddings(), getattr(encoder, "embeddings", None), *layers[:n_layers]):
+        if module is not None:
+            module.requires_grad_(False)
+
+
 class NumericScaler:
     """log1p then standardise with train-split statistics (the baseline's transform)."""
 
