@@ -20,6 +20,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from ecominsight.transforms.fuse import ATTRIBUTE_SEPARATOR
+
 HEAD_FILE = "head.safetensors"
 META_FILE = "classifier.json"
 
@@ -44,6 +46,26 @@ class TextAndNumbersClassifier(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         return self.head(torch.cat([self.dropout(pooled), numeric.to(hidden.dtype)], dim=-1))
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], *, max_length: int) -> list[dict[str, list[int]]]:
+    """Token ids of fused user texts (`attributes [SEP] behaviour`, as fuse writes them), each at most
+    `max_length` long. The attributes are kept and the behaviour loses its oldest tokens, so both the
+    user's attributes and the most recent events survive the budget (plain left truncation would cut
+    the attributes first). A text that fits encodes exactly as `tokenizer(text)` does.
+    Output: one unpadded {input_ids, token_type_ids, attention_mask} per text (for `tokenizer.pad`)."""
+    split = [str(text).partition(ATTRIBUTE_SEPARATOR) for text in texts]
+    heads = tokenizer([head if separator else "" for head, separator, _ in split], add_special_tokens=False)["input_ids"]
+    tails = tokenizer([tail if separator else head for head, separator, tail in split], add_special_tokens=False)["input_ids"]
+    budget = max_length - 2  # room for [CLS] and the final [SEP]
+    encoded = []
+    for head, tail in zip(heads, tails):
+        # Attributes longer than the whole budget (never seen in practice) keep their beginning.
+        head = [*head[: budget - 1], tokenizer.sep_token_id] if head else []
+        keep = budget - len(head)
+        ids = [tokenizer.cls_token_id, *head, *(tail[max(len(tail) - keep, 0):] if keep > 0 else []), tokenizer.sep_token_id]
+        encoded.append({"input_ids": ids, "token_type_ids": [0] * len(ids), "attention_mask": [1] * len(ids)})
+    return encoded
 
 
 def freeze_lower_layers(encoder: nn.Module, n_layers: int) -> None:

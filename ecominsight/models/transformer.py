@@ -156,7 +156,8 @@ def train_worker(spec: dict[str, Any]) -> None:
     from transformers.utils import logging as hf_logging
 
     from ecominsight.io import write_json
-    from ecominsight.models.classifier import NumericScaler, TextAndNumbersClassifier, freeze_lower_layers, save_classifier
+    from ecominsight.models.classifier import (NumericScaler, TextAndNumbersClassifier, encode_texts, freeze_lower_layers,
+                                              save_classifier)
     from ecominsight.models.metrics import evaluate_splits
 
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -211,8 +212,7 @@ def train_worker(spec: dict[str, Any]) -> None:
     ddp = DistributedDataParallel(model, device_ids=[device.index] if use_gpu else None)
 
     for split in data.values():
-        encoded = tokenizer(split["text"], truncation=True, max_length=int(spec["max_length"]))
-        split["encoded"] = [{k: encoded[k][i] for k in encoded} for i in range(len(split["text"]))]
+        split["encoded"] = encode_texts(tokenizer, split["text"], max_length=int(spec["max_length"]))
         split["scaled"] = scaler.transform(split["numeric"])
 
     def batches(indices: list[int], split: str):
