@@ -94,6 +94,14 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def start_spark(app_name: str):
+    """Logging, the offline hub and the local[2] session that every model benchmark runs in."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    spark, _ = get_spark(app_name, "local[2]", {"spark.ui.showConsoleProgress": "false", "spark.driver.memory": "6g"})
+    return spark
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -102,15 +110,12 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="extra config overrides for every data set (e.g. train.transformer.epochs=3)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     if args.render_only:
         print(markdown_table(results))
         return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    spark, _ = get_spark("ecominsight-quality", "local[2]", {"spark.ui.showConsoleProgress": "false",
-                                                             "spark.driver.memory": "6g"})
+    spark = start_spark("ecominsight-quality")
     for name in args.datasets:
         overrides = [f"lake={WORK / name / 'lake'}", *DATASETS[name], *args.overrides]
         if name in PLANTED:

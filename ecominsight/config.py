@@ -103,6 +103,8 @@ class TransformerConfig:
     numeric_features: bool = True  # feed the baseline's features to the head beside the text
     head_learning_rate: float = 1e-3
     positive_class_weight: float | None = None  # None: unweighted cross-entropy
+    # 0: fine-tune everything; N: keep the embeddings and the lowest N encoder layers at their pretrained values
+    freeze_layers: int = 0
     # None: every train-split user; N: a seeded, label-stratified sample of N (valid/test untouched)
     max_train_users: int | None = None
     checkpoint: bool = True  # per-epoch checkpoints on the lake; a re-run resumes from the last one
@@ -447,6 +449,8 @@ def _validate_ranges(config: Config) -> None:
                 datetime.date.fromisoformat(value)
             except ValueError as err:
                 raise ConfigError(f"{key}: {value!r} is not an ISO date (YYYY-MM-DD)") from err
+    if config.train.transformer.freeze_layers < 0:
+        raise ConfigError(f"train.transformer.freeze_layers: must be 0 or more, got {config.train.transformer.freeze_layers}")
     if not 0 < config.train.transformer.learning_rate < 1:
         raise ConfigError("train.transformer.learning_rate: must lie in (0, 1)")
     _validate_insights(config.insights)

@@ -287,6 +287,9 @@ def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
             "warmup_ratio": settings.warmup_ratio, "seed": settings.seed,
             "positive_class_weight": settings.positive_class_weight,
             "numeric_features": list(fuse.NUMERIC_FEATURES) if settings.numeric_features else []}
+    if settings.freeze_layers:
+        # Only when set (as max_train_users below): unfrozen runs keep their checkpoint key.
+        spec["freeze_layers"] = settings.freeze_layers
     if settings.max_train_users is not None:
         # Only when set: uncapped runs keep the checkpoint key (a hash of the spec) they had before the key existed.
         spec["max_train_users"] = settings.max_train_users

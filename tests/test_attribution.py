@@ -12,7 +12,8 @@ from pyspark.sql import functions as F
 
 from ecominsight import schema
 from ecominsight.models.attribution import explain_users, join_text, split_text
-from ecominsight.models.classifier import NumericScaler, TextAndNumbersClassifier, load_classifier, save_classifier
+from ecominsight.models.classifier import (NumericScaler, TextAndNumbersClassifier, encode_texts, load_classifier,
+                                          save_classifier)
 from ecominsight.models.scoring import transformer_probability
 from ecominsight.transforms import fuse
 
@@ -75,7 +76,7 @@ def test_contributions_are_the_probability_drops_of_leaving_each_event_out(spark
     numeric = torch.as_tensor(scaler.transform(np.array([[3.0, 40.0]])))
 
     def probability(text):
-        encoded = tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt")
+        encoded = tokenizer.pad(encode_texts(tokenizer, [text], max_length=max_length), return_tensors="pt")
         with torch.inference_mode():
             return torch.softmax(model(**encoded, numeric=numeric), dim=-1)[0, 1].item()
 

@@ -19,7 +19,7 @@ from transformers import AutoTokenizer
 
 from ecominsight.config import load_config
 from ecominsight.io import Lake, read_json
-from ecominsight.models.classifier import load_classifier
+from ecominsight.models.classifier import freeze_lower_layers, load_classifier
 from ecominsight.models.transformer import ModelPathError, resolve_pretrained, stratified_sample
 from ecominsight.stages import run_stage
 from ecominsight.transforms.fuse import NUMERIC_FEATURES
@@ -184,12 +184,13 @@ def test_training_user_cap_is_a_seeded_stratified_sample():
     assert rare[stratified_sample(rare, 10, seed=0)].tolist().count(1) == 1
 
 
-def test_the_transformer_trains_on_at_most_max_train_users(flat_run):
+def test_the_transformer_trains_on_at_most_max_train_users_with_frozen_lower_layers(flat_run):
     spark, lake, summary, tiny_encoder = flat_run
     available = read_json(Path(summary["train"]["model_dirs"]["transformer"]) / "metrics.json")["n_train"]
     overrides = [
         *_flat_overrides(lake.root, tiny_encoder), "train.transformer.epochs=1", "train.transformer.num_processes=1",
         "train.transformer.checkpoint=false", "train.transformer.max_length=32", "train.transformer.max_train_users=40",
+        "train.transformer.freeze_layers=1",
         # small baselines: this test is about the transformer's sample
         "train.gradient_boosted_trees.max_iter=2", "train.logistic_regression.max_iter=5",
     ]
@@ -198,3 +199,23 @@ def test_the_transformer_trains_on_at_most_max_train_users(flat_run):
     assert len(train["transformer"]["history"]) == 1
     # The baselines keep the whole train split; every model is tested on the same users.
     assert train["lr"]["test"]["n"] == train["transformer"]["test"]["n"]
+    # Embeddings and layer 0 stayed pretrained; layer 1 and the head trained.
+    with safe_open(str(Path(tiny_encoder) / "model.safetensors"), "pt") as before, \
+         safe_open(str(Path(train["model_dirs"]["transformer"]) / "model.safetensors"), "pt") as after:
+        for key in ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight"):
+            pretrained = before.get_tensor(f"bert.{key}")
+            # The word embeddings grew by the added CJK characters; the pretrained rows come first.
+            assert pretrained.equal(after.get_tensor(key)[: len(pretrained)]), key
+        key = "encoder.layer.1.attention.self.query.weight"
+        assert not before.get_tensor(f"bert.{key}").equal(after.get_tensor(key))
+
+
+def test_freezing_more_layers_than_the_encoder_has_is_refused(tiny_encoder):
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(tiny_encoder, use_safetensors=True)
+    with pytest.raises(ValueError, match="2 layers"):
+        freeze_lower_layers(encoder, 3)
+    freeze_lower_layers(encoder, 2)
+    assert not any(p.requires_grad for p in encoder.embeddings.parameters())
+    assert not any(p.requires_grad for p in encoder.encoder.layer.parameters())

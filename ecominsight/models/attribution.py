@@ -89,16 +89,16 @@ def _explain_partitions(model_dir: str, numeric_names: list[str], *, top_events:
         import pandas as pd
         import torch
 
-        from ecominsight.models.classifier import load_classifier
+        from ecominsight.models.classifier import encode_texts, load_classifier
 
         torch.set_num_threads(torch_threads)
         model, tokenizer, scaler, max_length = load_classifier(model_dir)
 
         def encode(text: str) -> list[int]:
-            return tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+            return encode_texts(tokenizer, [text], max_length=max_length)[0]["input_ids"]
 
         def predict(texts: list[str], numeric: np.ndarray) -> np.ndarray:
-            encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            encoded = tokenizer.pad(encode_texts(tokenizer, texts, max_length=max_length), return_tensors="pt")
             features = torch.as_tensor(scaler.transform(numeric[:, : len(scaler.names)]))
             with torch.inference_mode():
                 logits = model(**encoded, numeric=features)

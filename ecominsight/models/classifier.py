@@ -20,6 +20,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from ecominsight.transforms.fuse import ATTRIBUTE_SEPARATOR
+
 HEAD_FILE = "head.safetensors"
 META_FILE = "classifier.json"
 
@@ -44,6 +46,42 @@ class TextAndNumbersClassifier(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         return self.head(torch.cat([self.dropout(pooled), numeric.to(hidden.dtype)], dim=-1))
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], *, max_length: int) -> list[dict[str, list[int]]]:
+    """Token ids of fused user texts (`attributes [SEP] behaviour`, as fuse writes them), each at most
+    `max_length` long. The attributes are kept and the behaviour loses its oldest tokens, so both the
+    user's attributes and the most recent events survive the budget (plain left truncation would cut
+    the attributes first). A text that fits encodes exactly as `tokenizer(text)` does.
+    Output: one unpadded {input_ids, token_type_ids, attention_mask} per text (for `tokenizer.pad`)."""
+    split = [str(text).partition(ATTRIBUTE_SEPARATOR) for text in texts]
+    heads = tokenizer([head if separator else "" for head, separator, _ in split], add_special_tokens=False)["input_ids"]
+    tails = tokenizer([tail if separator else head for head, separator, tail in split], add_special_tokens=False)["input_ids"]
+    budget = max_length - 2  # room for [CLS] and the final [SEP]
+    encoded = []
+    for head, tail in zip(heads, tails):
+        # Attributes longer than the whole budget (never seen in practice) keep their beginning.
+        head = [*head[: budget - 1], tokenizer.sep_token_id] if head else []
+        keep = budget - len(head)
+        ids = [tokenizer.cls_token_id, *head, *(tail[max(len(tail) - keep, 0):] if keep > 0 else []), tokenizer.sep_token_id]
+        encoded.append({"input_ids": ids, "token_type_ids": [0] * len(ids), "attention_mask": [1] * len(ids)})
+    return encoded
+
+
+def freeze_lower_layers(encoder: nn.Module, n_layers: int) -> None:
+    """Stop gradients into the encoder's input embeddings and its lowest `n_layers` transformer
+    layers (BERT-family layout: `encoder.encoder.layer`). On small data this keeps the pretrained
+    lower layers from drifting and makes each step cheaper; 0 leaves everything trainable."""
+    if n_layers <= 0:
+        return
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if layers is None:
+        raise ValueError(f"freeze_layers: {type(encoder).__name__} has no encoder.layer stack to freeze")
+    if n_layers > len(layers):
+        raise ValueError(f"freeze_layers: {n_layers} asked, the encoder has {len(layers)} layers")
+    for module in (encoder.get_input_embeddings(), getattr(encoder, "embeddings", None), *layers[:n_layers]):
+        if module is not None:
+            module.requires_grad_(False)
 
 
 class NumericScaler:

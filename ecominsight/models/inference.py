@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ecominsight.config import ConfigError
-from ecominsight.models.classifier import TextAndNumbersClassifier, load_classifier
+from ecominsight.models.classifier import TextAndNumbersClassifier, encode_texts, load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ def load_scorer(model_dir: str | Path, *, precision: str = "fp32", threads: int 
     model, tokenizer, scaler, max_length = load_classifier(model_dir)
 
     def encode(texts: Sequence[str], numeric: np.ndarray) -> dict[str, np.ndarray]:
-        encoded = tokenizer([str(t) for t in texts], truncation=True, max_length=max_length, padding=True,
-                            return_tensors="np")
+        encoded = tokenizer.pad(encode_texts(tokenizer, texts, max_length=max_length), return_tensors="np")
         values = np.asarray(numeric, dtype=np.float64).reshape(len(texts), -1)[:, : len(scaler.names)]
         return {**encoded, "numeric": scaler.transform(values)}
 

@@ -156,7 +156,8 @@ def train_worker(spec: dict[str, Any]) -> None:
     from transformers.utils import logging as hf_logging
 
     from ecominsight.io import write_json
-    from ecominsight.models.classifier import NumericScaler, TextAndNumbersClassifier, save_classifier
+    from ecominsight.models.classifier import (NumericScaler, TextAndNumbersClassifier, encode_texts, freeze_lower_layers,
+                                              save_classifier)
     from ecominsight.models.metrics import evaluate_splits
 
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -204,13 +205,14 @@ def train_worker(spec: dict[str, Any]) -> None:
     encoder = AutoModel.from_pretrained(pretrained_path, use_safetensors=True)
     if spec["extra_tokens"]:
         encoder.resize_token_embeddings(len(tokenizer))
+    # Frozen before DDP wraps the model: DDP only syncs the parameters that require gradients.
+    freeze_lower_layers(encoder, int(spec.get("freeze_layers", 0)))
     model = TextAndNumbersClassifier(encoder, len(numeric_columns)).to(device)
     # DDP broadcasts rank 0's parameters, so the randomly initialised head and new embeddings agree.
     ddp = DistributedDataParallel(model, device_ids=[device.index] if use_gpu else None)
 
     for split in data.values():
-        encoded = tokenizer(split["text"], truncation=True, max_length=int(spec["max_length"]))
-        split["encoded"] = [{k: encoded[k][i] for k in encoded} for i in range(len(split["text"]))]
+        split["encoded"] = encode_texts(tokenizer, split["text"], max_length=int(spec["max_length"]))
         split["scaled"] = scaler.transform(split["numeric"])
 
     def batches(indices: list[int], split: str):
@@ -243,7 +245,7 @@ def train_worker(spec: dict[str, Any]) -> None:
     steps_per_epoch = -(-per_rank // int(spec["batch_size"]))
     total_steps = steps_per_epoch * int(spec["epochs"])
     no_decay = ("bias", "LayerNorm.weight")
-    encoder_params = [(n, p) for n, p in model.named_parameters() if n.startswith("encoder.")]
+    encoder_params = [(n, p) for n, p in model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
     optimizer = torch.optim.AdamW([
         {"params": [p for n, p in encoder_params if not n.endswith(no_decay)], "weight_decay": float(spec["weight_decay"])},
         {"params": [p for n, p in encoder_params if n.endswith(no_decay)], "weight_decay": 0.0},
