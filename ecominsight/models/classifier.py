@@ -55,9 +55,15 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], *, max_length: int) -> li
     the attributes first). A text that fits encodes exactly as `tokenizer(text)` does.
     Output: one unpadded {input_ids, token_type_ids, attention_mask} per text (for `tokenizer.pad`)."""
     split = [str(text).partition(ATTRIBUTE_SEPARATOR) for text in texts]
-    heads = tokenizer([head if separator else "" for head, separator, _ in split], add_special_tokens=False)["input_ids"]
-    tails = tokenizer([tail if separator else head for head, separator, tail in split], add_special_tokens=False)["input_ids"]
     budget = max_length - 2  # room for [CLS] and the final [SEP]
+    heads = tokenizer([head if separator else "" for head, separator, _ in split], add_special_tokens=False)["input_ids"]
+    side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
+    try:
+        # Cut here already (oldest tokens first), so that no over-long sequence is ever built or warned about.
+        tails = tokenizer([tail if separator else head for head, separator, tail in split], add_special_tokens=False,
+                          truncation=True, max_length=budget)["input_ids"]
+    finally:
+        tokenizer.truncation_side = side
     encoded = []
     for head, tail in zip(heads, tails):
         # Attributes longer than the whole budget (never seen in practice) keep their beginning.
