@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -166,43 +167,31 @@ def run_fuse(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> di
     settings = config.fuse
     data_end = _latest_event_day(events) + dt.timedelta(days=1)
     # Review text joins the sequence where the source has reviews.
-    text_sources = dict(max_events=settings.max_events, review_max_words=settings.review_max_words,
-                        reviews=lake.read(spark, "clean", "reviews", written_by="clean") if lake.exists("clean", "reviews") else None)
+    reviews = lake.read(spark, "clean", "reviews", written_by="clean") if lake.exists("clean", "reviews") else None
     # One sorted event list per user serves both texts (as of the cutoff and as of the data end).
-    event_lists = fuse.user_event_lists(events, items, reviews=text_sources["reviews"],
-                                        review_max_words=settings.review_max_words).persist(StorageLevel.MEMORY_AND_DISK)
-    text_sources["event_lists"] = event_lists
-    try:
-        return _fuse_and_check(spark, config, lake, run_id, events=events, users=users, items=items,
-                               data_end=data_end, text_sources=text_sources)
-    finally:
-        event_lists.unpersist()
-
-
-def _fuse_and_check(spark: SparkSession, config: Config, lake: Lake, run_id: str, *, events: DataFrame,
-                    users: DataFrame, items: DataFrame, data_end: dt.date, text_sources: dict[str, Any]) -> dict[str, Any]:
-    """run_fuse's body once the shared inputs are read: fuse, write, check for leaks, summarise."""
-    settings = config.fuse
-
-    if settings.label_mode == "given":
-        if not lake.exists("clean", "labels"):
-            raise ConfigError("fuse.label_mode=given, but the source preset has no label column (clean/labels is missing)")
-        labels = lake.read(spark, "clean", "labels", written_by="clean")
-        cutoff = data_end
-        training = fuse.fuse_user_sequences(events, users, items, as_of=cutoff, population="any_event", labels=labels,
-                                            **text_sources)
-        training = training.join(labels.select("user_id"), "user_id", "left_semi")
-    else:
-        cutoff = parse_cutoff(settings.cutoff) if settings.cutoff else _default_cutoff(data_end, settings)
-        labels = fuse.point_in_time_labels(events, cutoff=cutoff, horizon=parse_horizon(settings.horizon))
-        training = fuse.fuse_user_sequences(events, users, items, as_of=cutoff, population=settings.population,
-                                            labels=labels, **text_sources)
-    training = fuse.assign_split(training, seed=settings.split_seed, valid_fraction=settings.valid_fraction,
-                                 test_fraction=settings.test_fraction)
-    current = fuse.fuse_user_sequences(events, users, items, as_of=data_end, population="any_event", labels=None,
-                                       **text_sources)
-    lake.write(training, "features", "user_sequences")
-    lake.write(current, "features", "current_sequences")
+    with _persisted(fuse.user_event_lists(events, items, reviews=reviews, review_max_words=settings.review_max_words),
+                    StorageLevel.MEMORY_AND_DISK) as event_lists:
+        text_sources = dict(max_events=settings.max_events, review_max_words=settings.review_max_words,
+                            reviews=reviews, event_lists=event_lists)
+        if settings.label_mode == "given":
+            if not lake.exists("clean", "labels"):
+                raise ConfigError("fuse.label_mode=given, but the source preset has no label column (clean/labels is missing)")
+            labels = lake.read(spark, "clean", "labels", written_by="clean")
+            cutoff = data_end
+            training = fuse.fuse_user_sequences(events, users, items, as_of=cutoff, population="any_event", labels=labels,
+                                                **text_sources)
+            training = training.join(labels.select("user_id"), "user_id", "left_semi")
+        else:
+            cutoff = parse_cutoff(settings.cutoff) if settings.cutoff else _default_cutoff(data_end, settings)
+            labels = fuse.point_in_time_labels(events, cutoff=cutoff, horizon=parse_horizon(settings.horizon))
+            training = fuse.fuse_user_sequences(events, users, items, as_of=cutoff, population=settings.population,
+                                                labels=labels, **text_sources)
+        training = fuse.assign_split(training, seed=settings.split_seed, valid_fraction=settings.valid_fraction,
+                                     test_fraction=settings.test_fraction)
+        current = fuse.fuse_user_sequences(events, users, items, as_of=data_end, population="any_event", labels=None,
+                                           **text_sources)
+        lake.write(training, "features", "user_sequences")
+        lake.write(current, "features", "current_sequences")
 
     written = lake.read(spark, "features", "user_sequences", written_by="fuse")
     leaks = fuse.leaked_rows(written).count()
@@ -217,6 +206,16 @@ def _fuse_and_check(spark: SparkSession, config: Config, lake: Lake, run_id: str
     write_json(lake.report_dir(run_id) / "fuse.json", summary)
     log.info("fuse: cutoff %s, training users by split %s, %d users to score", cutoff, by_split, n_current)
     return summary
+
+
+@contextmanager
+def _persisted(frame: DataFrame, level: StorageLevel) -> Iterator[DataFrame]:
+    """`frame` persisted at `level` for the block, unpersisted after it (also on error)."""
+    frame = frame.persist(level)
+    try:
+        yield frame
+    finally:
+        frame.unpersist()
 
 
 def _labels_and_probabilities(scored: DataFrame, split: str, column: str) -> tuple[list[int], list[float]]:
