@@ -21,11 +21,10 @@ from quality import DATASETS, WORK, start_spark
 
 from ecominsight.config import load_config
 from ecominsight.io import Lake
+from ecominsight.models import registry
 from ecominsight.stages import run_stage
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sweep.json"
-# Every lever's test figures stay here, out of the published results, until a lever is chosen.
-SEALED = WORK / "sweep-sealed.json"
 
 # lever -> the overrides it adds to the data set's own (the issue's list: layers frozen on small
 # data, the sequence budget, the learning rate and epochs, the class weight, the numeric features)
@@ -47,8 +46,11 @@ def main() -> None:
     parser.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="extra config overrides for every lever (e.g. train.transformer.max_train_users=2000)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the published JSON (validation figures)")
     args = parser.parse_args()
-    results = json.loads(SEALED.read_text()) if SEALED.is_file() else {}
+    # Every lever's test figures stay in the work folder, out of the published results, until a lever is chosen.
+    sealed = WORK / f"{args.results.stem}-sealed.json"
+    results = json.loads(sealed.read_text()) if sealed.is_file() else {}
     spark = start_spark("ecominsight-sweep")
     base = [f"lake={WORK / args.dataset / 'lake'}", *DATASETS[args.dataset], *args.overrides]
     config = load_config("local", base)
@@ -71,6 +73,7 @@ def main() -> None:
             "valid_by_epoch": [round(h["valid_selection_score"], 4) for h in transformer["history"]],
             "epoch_seconds": [round(h["seconds"], 1) for h in transformer["history"]],
             "n_train": transformer["n_train"],
+            "code_version": registry.code_version(),
             "seconds": round(time.perf_counter() - started, 1),
             # the baselines' validation figures of the same run, for scale
             "valid_roc_auc_lr": summary["lr"]["valid"]["roc_auc"],
@@ -79,23 +82,23 @@ def main() -> None:
         }
         log.info("%s %s: valid ROC-AUC %.4f (epochs %s)", args.dataset, lever, transformer["valid"]["roc_auc"],
                  entry["levers"][lever]["valid_by_epoch"])
-        _write(results)
+        _write(results, published=args.results, sealed=sealed)
     spark.stop()
 
 
-def _write(results: dict) -> None:
+def _write(results: dict, *, published: Path, sealed: Path) -> None:
     """Publish the levers' validation figures and, of the test figures, only the chosen lever's."""
-    SEALED.parent.mkdir(parents=True, exist_ok=True)
-    SEALED.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    sealed.parent.mkdir(parents=True, exist_ok=True)
+    sealed.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     public: dict = {}
     for dataset, entry in results.items():
         levers = {name: {k: v for k, v in lever.items() if k != "_test"} for name, lever in entry["levers"].items()}
         chosen = max(entry["levers"], key=lambda name: entry["levers"][name]["valid_roc_auc"])
         public[dataset] = {**entry, "levers": levers, "chosen": chosen,
                            "chosen_test_roc_auc": entry["levers"][chosen].get("_test")}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(public, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    log.info("wrote %s", RESULTS)
+    published.parent.mkdir(parents=True, exist_ok=True)
+    published.write_text(json.dumps(public, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log.info("wrote %s", published)
 
 
 if __name__ == "__main__":
