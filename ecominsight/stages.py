@@ -87,8 +87,8 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
                                                      clean.mapped_columns(side.fields, extra=[side.timestamp and side.timestamp.column]),
                                                      f"{preset.name} {table}")
                 tagged[table] = tag(inputs[table], **_tag_kwargs(preset, run_id, table))
-        # On disk, not MEMORY_AND_DISK: building in-memory cache blocks of large partitions ran a 4 GB
-        # local JVM out of heap at 25M events (10M with 1.6 GB); disk blocks stream out batch by batch,
+        # On disk, not MEMORY_AND_DISK: in-memory cache blocks ran a 4 GB local JVM out of heap at 25M
+        # events (10M with 1.6 GB; smaller partitions did not help); disk blocks stream out batch by batch,
         # and the OS page cache still serves the re-reads from memory where there is room.
         tagged = {table: frame.persist(StorageLevel.DISK_ONLY) for table, frame in tagged.items()}
         try:
