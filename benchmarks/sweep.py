@@ -59,14 +59,14 @@ def main() -> None:
         run_stage(stage, spark, config, lake, f"sweep-{args.dataset}")
 
     entry = results.setdefault(args.dataset, {"levers": {}})
-    entry["base_overrides"] = base
+    entry["base_overrides"] = [f"lake={WORK / args.dataset / 'lake'}", *DATASETS[args.dataset]]
     for lever in args.levers:
         started = time.perf_counter()
         summary = run_stage("train", spark, load_config("local", [*base, *LEVERS[lever]]), lake,
                             f"sweep-{args.dataset}-{lever}")["train"]
         transformer = summary["transformer"]
         entry["levers"][lever] = {
-            "overrides": LEVERS[lever],
+            "overrides": [*args.overrides, *LEVERS[lever]],  # beyond the data set's own (base_overrides)
             "valid_roc_auc": transformer["valid"]["roc_auc"],
             "valid_roc_auc_ci": transformer["valid"]["roc_auc_ci"],
             "best_epoch": transformer["best_epoch"],
