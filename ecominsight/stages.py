@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -74,7 +74,7 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
     preset = load_preset(config.source.preset)
     paths = preset.resolved_paths(config.source.paths)
     log.info("clean: preset %s reading %s", preset.name, paths)
-    with staging_area(lake.staging_dir()) as stage:
+    with staging_area(lake.staging_dir()) as stage, ExitStack() as cached:
         raw = _with_mapped_columns(clean.resolve_aliases(read_source(spark, preset, stage(paths)), aliases=preset.aliases),
                                    clean.mapped_columns(preset.events, preset.users, preset.reviews,
                                                         extra=[preset.timestamp.column, preset.label]), preset.name)
@@ -90,48 +90,44 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> d
         # On disk, not MEMORY_AND_DISK: in-memory cache blocks ran a 4 GB local JVM out of heap at 25M
         # events (10M with 1.6 GB; smaller partitions did not help); disk blocks stream out batch by batch,
         # and the OS page cache still serves the re-reads from memory where there is room.
-        tagged = {table: frame.persist(StorageLevel.DISK_ONLY) for table, frame in tagged.items()}
-        try:
-            window = _tag_kwargs(preset, run_id)["window"]
-            profiles = {table: data_quality.table_profile(frame, columns=data_quality.PROFILED[table],
-                                                          window=window if table == "events" else None)
-                        for table, frame in tagged.items()}
-            n_raw = raw.count()
-            for table, profile in profiles.items():
-                n_input = n_raw if inputs[table] is raw else inputs[table].count()
-                if n_input != profile["clean_rows"] + profile["quarantined_rows"]:
-                    raise AccountingError(f"{table}: input rows {n_input} != clean {profile['clean_rows']} "
-                                          f"+ quarantined {profile['quarantined_rows']}")
-            events = tagged["events"]
-            users = clean.derive_users(events, gender_values=preset.gender_values, age_values=preset.age_values)
-            items = clean.derive_items(events)
-            if "users" in tagged:
-                users = clean.combine_users(clean.accepted_rows(tagged["users"], schema.USERS), users)
-            if "items" in tagged:
-                items = clean.combine_items(clean.accepted_rows(tagged["items"], schema.ITEMS), items)
-            accepted = clean.accepted_events(events)
-            lake.write(accepted, "clean", "events", partition_by=["dt"])
-            lake.write(users, "clean", "users")
-            lake.write(items, "clean", "items")
-            optional = {("clean", "labels"): clean.derive_labels(events) if preset.label else None,
-                        ("clean", "reviews"): clean.accepted_rows(tagged["reviews"], schema.REVIEWS) if preset.reviews else None}
-            for table in ("events", "users", "items", "reviews"):
-                optional[("quarantine", table)] = clean.quarantined_rows(tagged[table]) if table in tagged else None
-            for (zone, table), frame in optional.items():
-                # A table this preset does not produce must not survive from an earlier run on the same lake.
-                if frame is None:
-                    lake.drop(zone, table)
-                else:
-                    lake.write(frame, zone, table, partition_by=["source"] if zone == "quarantine" else None)
-            report = data_quality.clean_report(
-                run_id=run_id, preset=preset.name, profiles=profiles,
-                users=lake.read(spark, "clean", "users", written_by="clean"),
-                # With a schema: an input whose every row was quarantined leaves no event files.
-                events=lake.read(spark, "clean", "events", written_by="clean", schema=accepted.schema),
-            )
-        finally:
-            for frame in tagged.values():
-                frame.unpersist()
+        tagged = {table: cached.enter_context(_persisted(frame, StorageLevel.DISK_ONLY)) for table, frame in tagged.items()}
+        window = _tag_kwargs(preset, run_id)["window"]
+        profiles = {table: data_quality.table_profile(frame, columns=data_quality.PROFILED[table],
+                                                      window=window if table == "events" else None)
+                    for table, frame in tagged.items()}
+        n_raw = raw.count()
+        for table, profile in profiles.items():
+            n_input = n_raw if inputs[table] is raw else inputs[table].count()
+            if n_input != profile["clean_rows"] + profile["quarantined_rows"]:
+                raise AccountingError(f"{table}: input rows {n_input} != clean {profile['clean_rows']} "
+                                      f"+ quarantined {profile['quarantined_rows']}")
+        events = tagged["events"]
+        users = clean.derive_users(events, gender_values=preset.gender_values, age_values=preset.age_values)
+        items = clean.derive_items(events)
+        if "users" in tagged:
+            users = clean.combine_users(clean.accepted_rows(tagged["users"], schema.USERS), users)
+        if "items" in tagged:
+            items = clean.combine_items(clean.accepted_rows(tagged["items"], schema.ITEMS), items)
+        accepted = clean.accepted_events(events)
+        lake.write(accepted, "clean", "events", partition_by=["dt"])
+        lake.write(users, "clean", "users")
+        lake.write(items, "clean", "items")
+        optional = {("clean", "labels"): clean.derive_labels(events) if preset.label else None,
+                    ("clean", "reviews"): clean.accepted_rows(tagged["reviews"], schema.REVIEWS) if preset.reviews else None}
+        for table in ("events", "users", "items", "reviews"):
+            optional[("quarantine", table)] = clean.quarantined_rows(tagged[table]) if table in tagged else None
+        for (zone, table), frame in optional.items():
+            # A table this preset does not produce must not survive from an earlier run on the same lake.
+            if frame is None:
+                lake.drop(zone, table)
+            else:
+                lake.write(frame, zone, table, partition_by=["source"] if zone == "quarantine" else None)
+        report = data_quality.clean_report(
+            run_id=run_id, preset=preset.name, profiles=profiles,
+            users=lake.read(spark, "clean", "users", written_by="clean"),
+            # With a schema: an input whose every row was quarantined leaves no event files.
+            events=lake.read(spark, "clean", "events", written_by="clean", schema=accepted.schema),
+        )
     write_json(lake.report_dir(run_id) / "data_quality.json", report)
     counts = {table: {"input_rows": p["input_rows"], "clean_rows": p["clean_rows"], "quarantined_rows": p["quarantined_rows"],
                       "quarantined_by_reason": {r: n for r, n in p["rows_by_reason"].items() if r != data_quality.CLEAN_KEY}}
