@@ -14,10 +14,11 @@ import secrets
 import sys
 
 from ecominsight import redaction
-from ecominsight.config import ConfigError, config_to_dict, load_config
-from ecominsight.io import Lake, LakeError
+from ecominsight.config import config_to_dict, load_config
+from ecominsight.errors import EcominsightError
+from ecominsight.io import Lake
 from ecominsight.presets import load_preset
-from ecominsight.stages import STAGES, AccountingError, run_stage
+from ecominsight.stages import STAGES, run_stage
 
 log = logging.getLogger("ecominsight")
 
@@ -47,7 +48,7 @@ def main(stage: str | None = None, argv: list[str] | None = None) -> int:
     stage = stage or args.stage
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ecominsight.models.transformer import ModelPathError, resolve_pretrained
+    from ecominsight.models.transformer import resolve_pretrained
 
     try:
         config = load_config(args.env, args.overrides, args.conf_dir)
@@ -56,7 +57,7 @@ def main(stage: str | None = None, argv: list[str] | None = None) -> int:
             load_preset(config.source.preset)
         if stage in ("train", "pipeline"):
             resolve_pretrained(config.train.transformer.pretrained)
-    except (ConfigError, ModelPathError) as err:
+    except EcominsightError as err:
         log.error("configuration error: %s", err)
         return 2
     run_id = config.run_id or f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
@@ -77,7 +78,7 @@ def main(stage: str | None = None, argv: list[str] | None = None) -> int:
             finally:
                 if created:
                     spark.stop()
-    except (ConfigError, LakeError, ModelPathError, AccountingError) as err:
+    except EcominsightError as err:
         log.error("%s failed: %s", stage, err)
         return 2
     except OSError as err:  # the lake path is not writable, the disk is full, ...

@@ -19,6 +19,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from ecominsight.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -39,10 +41,6 @@ def _default_conf_dir() -> Path:
 
 
 DEFAULT_CONF_DIR = _default_conf_dir()
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of range."""
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,11 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from ecominsight.errors import LakeError
 from ecominsight.presets import Preset, TableSource
 from ecominsight.transforms.clean import CORRUPT, SOURCE_FILE, SOURCE_LINE
 
 log = logging.getLogger(__name__)
-
-
-class LakeError(RuntimeError):
-    """An input or lake path is missing or unusable; the message says what to do."""
 
 
 def _is_local(path: str) -> bool:

@@ -27,15 +27,13 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from ecominsight.errors import PrivacyError
+
 log = logging.getLogger(__name__)
 
 KEY_ENV = "ECOMINSIGHT_PSEUDONYM_KEY"
 KEY_FILE = Path("_secrets") / "pseudonym.key"
 MIN_KEY_BYTES = 16  # a shorter key can be brute-forced against known ids
-
-
-class PrivacyError(RuntimeError):
-    """The pseudonym key is unusable (too short, or its file is readable by others)."""
 
 
 def resolve_key(lake_root: str | Path) -> bytes:

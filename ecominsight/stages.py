@@ -16,8 +16,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ecominsight import data_quality, privacy, schema
-from ecominsight.config import Config, ConfigError, FuseConfig, config_to_dict, parse_cutoff, parse_horizon
-from ecominsight.io import Lake, LakeError, read_json, read_source, staging_area, write_json
+from ecominsight.config import Config, FuseConfig, config_to_dict, parse_cutoff, parse_horizon
+from ecominsight.errors import AccountingError, ConfigError, LakeError, LeakageError
+from ecominsight.io import Lake, read_json, read_source, staging_area, write_json
 from ecominsight.presets import Preset, load_preset
 from ecominsight.transforms import clean, fuse, insights
 
@@ -25,14 +26,6 @@ log = logging.getLogger(__name__)
 
 STAGES = ("clean", "fuse", "train", "score", "insights", "pipeline", "register")
 LR_MODEL, GBT_MODEL, TRANSFORMER_MODEL = "lr", "gbt", "transformer"
-
-
-class LeakageError(RuntimeError):
-    """A feature was computed from an event at or after the label cutoff."""
-
-
-class AccountingError(RuntimeError):
-    """Input rows != clean rows + quarantined rows: a row went missing, which must never happen."""
 
 
 def _tag_kwargs(preset: Preset, run_id: str, table: str = "events") -> dict[str, Any]:

@@ -12,15 +12,13 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from ecominsight.errors import ModelPathError
+
 log = logging.getLogger(__name__)
 
 SHIPPED_MINILM = "minilm"
 # CJK Unified Ideographs (+ extension A) and the compatibility block, as Java regex ranges.
 CJK_RANGES = r"\x{3400}-\x{4DBF}\x{4E00}-\x{9FFF}\x{F900}-\x{FAFF}"
-
-
-class ModelPathError(FileNotFoundError):
-    """The configured pretrained model cannot be loaded offline; the message says what to do."""
 
 
 def resolve_pretrained(name_or_path: str) -> str:
