@@ -202,9 +202,9 @@ def run_spark(spark, preset: str, *, lake_dir: Path, overrides: list[str] = (), 
     started = cleaned = time.perf_counter()
     try:
         with PeakSampler(jvm_pid) as sampler, _Deadline(spark, timeout_s) as deadline:
-            clean = stages.run_clean(spark, config, lake, "bench")
+            clean = stages.run_clean(spark, config, lake, "bench").to_dict()
             cleaned = time.perf_counter()
-            fused = stages.run_fuse(spark, config, lake, "bench")
+            fused = stages.run_fuse(spark, config, lake, "bench").to_dict()
             done = time.perf_counter()
     except Exception as err:  # noqa: BLE001 - a cancelled or failed run fails inside Spark with any of several errors
         # A failed run is a result too (the baselines' figures of the same size must not be lost with it).

@@ -38,6 +38,7 @@ def main() -> None:
     from pyspark.sql import functions as F
     from transformers import AutoModel
 
+    from ecominsight.catalog import CURRENT_SEQUENCES
     from ecominsight.config import load_config
     from ecominsight.io import Lake
     from ecominsight.models.attribution import explain_users
@@ -45,15 +46,15 @@ def main() -> None:
     from ecominsight.models.transformer import load_tokenizer, resolve_pretrained
     from ecominsight.session import get_spark
     from ecominsight.stages import run_clean, run_fuse
-    from ecominsight.transforms.fuse import NUMERIC_FEATURES
+    from ecominsight.schema import NUMERIC_FEATURES
 
     spark, _ = get_spark("explain-benchmark", "local[2]", {"spark.sql.shuffle.partitions": "4"})
     config = load_config("local", [f"lake={WORK}"])
     lake = Lake(config.lake_path)
-    if not lake.exists("features", "current_sequences"):
+    if not lake.exists(CURRENT_SEQUENCES):
         run_clean(spark, config, lake, "bench")
         run_fuse(spark, config, lake, "bench")
-    current = lake.read(spark, "features", "current_sequences", written_by="fuse")
+    current = lake.read(spark, CURRENT_SEQUENCES)
     users = current.orderBy(F.desc(F.length("text")), "user_id").limit(args.users).repartition(2).localCheckpoint()
 
     minilm = resolve_pretrained("minilm")

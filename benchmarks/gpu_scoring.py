@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
             lake = Lake(Path(args.lake).resolve())
             model_dir = str(lake.model_dir("transformer", resolve_version(lake, "transformer", "latest")))
         else:
-            from ecominsight.transforms.fuse import NUMERIC_FEATURES
+            from ecominsight.schema import NUMERIC_FEATURES
 
             model_dir = fresh_minilm_classifier(Path(scratch) / "minilm", len(NUMERIC_FEATURES))
         model, tokenizer, scaler, max_length = load_classifier(model_dir)

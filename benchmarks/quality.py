@@ -124,7 +124,8 @@ def main() -> None:
         started = time.perf_counter()
         summary = {}
         for stage in ("clean", "fuse"):
-            summary.update(run_stage(stage, spark, config, Lake(config.lake_path), f"quality-{name}"))
+            summary.update({ran: result.to_dict() for ran, result in
+                            run_stage(stage, spark, config, Lake(config.lake_path), f"quality-{name}").items()})
         by_split = summary["fuse"]["training_users_by_split"]
         test = by_split.get("test", {"users": 0, "positives": 0})
         if (test["positives"] or 0) < MIN_TEST_POSITIVES:
@@ -134,7 +135,7 @@ def main() -> None:
             RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True))
             logging.info("%s: skipped, %s", name, results[name]["_meta"]["skipped"])
             continue
-        summary.update(run_stage("train", spark, config, Lake(config.lake_path), f"quality-{name}"))
+        summary["train"] = run_stage("train", spark, config, Lake(config.lake_path), f"quality-{name}")["train"].to_dict()
         results[name] = {model: {**{key: summary["train"][model]["test"].get(key) for key in REPORTED},
                                  "n_test": summary["train"][model]["test"]["n"]} for model in MODELS}
         results[name]["_meta"] = {"seconds": round(time.perf_counter() - started, 1), "overrides": overrides,

@@ -106,8 +106,7 @@ def spark_scoring(spark, model_dir: str, frame: pd.DataFrame, *, batch_size: int
     batches, kept for the side-by-side comparison that replaced it."""
     from pyspark.sql import functions as F
 
-    from ecominsight.models.scoring import transformer_probability
-    from ecominsight.stages import SCORE_TASKS_PER_CORE
+    from ecominsight.models.scoring import SCORE_TASKS_PER_CORE, transformer_probability
 
     key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     if previous_setting:
@@ -181,16 +180,17 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from sklearn.metrics import roc_auc_score
 
+    from ecominsight.catalog import CURRENT_SEQUENCES, USER_SEQUENCES
     from ecominsight.io import Lake
     from ecominsight.models.classifier import load_classifier
     from ecominsight.models.registry import resolve_version
 
     lake = Lake(Path(args.lake).resolve())
     model_dir = str(lake.model_dir("transformer", resolve_version(lake, "transformer", "latest")))
-    current = pd.read_parquet(lake.table_path("features", "current_sequences"))
+    current = pd.read_parquet(lake.table_path(CURRENT_SEQUENCES))
     frame = pd.concat([current] * (args.users // len(current) + 1), ignore_index=True).iloc[: args.users]
     frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
-    test = pd.read_parquet(lake.table_path("features", "user_sequences")).query("split == 'test'").reset_index(drop=True)
+    test = pd.read_parquet(lake.table_path(USER_SEQUENCES)).query("split == 'test'").reset_index(drop=True)
 
     from ecominsight.models.inference import export_onnx
     from ecominsight.session import get_spark

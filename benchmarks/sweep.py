@@ -63,7 +63,7 @@ def main() -> None:
     for lever in args.levers:
         started = time.perf_counter()
         summary = run_stage("train", spark, load_config("local", [*base, *LEVERS[lever]]), lake,
-                            f"sweep-{args.dataset}-{lever}")["train"]
+                            f"sweep-{args.dataset}-{lever}")["train"].to_dict()
         transformer = summary["transformer"]
         entry["levers"][lever] = {
             "overrides": [*args.overrides, *LEVERS[lever]],  # beyond the data set's own (base_overrides)

@@ -18,7 +18,7 @@ from ecominsight.config import config_to_dict, load_config
 from ecominsight.errors import EcominsightError
 from ecominsight.io import Lake
 from ecominsight.presets import load_preset
-from ecominsight.stages import STAGES, run_stage
+from ecominsight.stages import STAGES, StageResult, run_stage
 
 log = logging.getLogger("ecominsight")
 
@@ -89,21 +89,10 @@ def main(stage: str | None = None, argv: list[str] | None = None) -> int:
     return 0
 
 
-def _print_outputs(lake: Lake, run_id: str, summary: dict) -> None:
+def _print_outputs(lake: Lake, run_id: str, results: dict[str, StageResult]) -> None:
     lines = [f"ecominsight run {run_id} finished", f"  lake:    {lake.root}", f"  reports: {lake.report_dir(run_id)}"]
-    if "train" in summary:
-        train = summary["train"]
-        for name, path in train["model_dirs"].items():
-            test = train[name]["test"]
-            lines.append(f"  metrics: {path}/metrics.json  ({name}: test ROC-AUC {test['roc_auc']}, F1 {test['f1']})")
-    if "score" in summary:
-        score = summary["score"]
-        lines.append(f"  scores:  {score['path']}/score_date={score['score_date']}  ({score['users_scored']} users)")
-    if "insights" in summary:
-        insights = summary["insights"]
-        for table, path in insights["paths"].items():
-            lines.append(f"  insights: {path}  ({insights['rows'][table]} rows, score_date {insights['score_date']})")
-        lines.append(f"  report:  {insights['report']}")
+    for result in results.values():
+        lines += result.describe(lake)
     print("\n".join(lines))
 
 

@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ecominsight import schema
+from ecominsight.presets import WindowSpec
 from ecominsight.transforms.clean import outside_window
 
 # The canonical columns whose null rate each table reports (the rest are constants such as `source`).
@@ -32,11 +33,11 @@ def _utc_text(value: dt.datetime | None) -> str | None:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else None
 
 
-def table_profile(tagged: DataFrame, *, columns: Sequence[str], window: tuple[str, str, str] | None = None) -> dict[str, Any]:
+def table_profile(tagged: DataFrame, *, columns: Sequence[str], window: WindowSpec | None = None) -> dict[str, Any]:
     """Input: a tagged table (one row per input row, `reason` null where accepted). Output: a dict
     with `input_rows`, `clean_rows`, `quarantined_rows`, `rows_by_reason`, `null_rates` (of the
     accepted rows, per column in `columns`), `duplicate_rate` (duplicates / input rows) and, when
-    the table has `ts`, `time_range` of the accepted rows and, given a `window` (start, end, zone),
+    the table has `ts`, `time_range` of the accepted rows and, given a `window` (a preset's WindowSpec),
     `window.rows_outside`: rows of any reason whose parsed time falls outside it. One Spark action."""
     has_ts = "ts" in tagged.columns
     aggregates = [F.count(F.lit(1)).alias("rows")]
@@ -63,7 +64,7 @@ def table_profile(tagged: DataFrame, *, columns: Sequence[str], window: tuple[st
         profile["time_range"] = {"min": _utc_text(accepted["ts_min"]) if accepted else None,
                                  "max": _utc_text(accepted["ts_max"]) if accepted else None}
         if window is not None:
-            profile["window"] = {"start": window[0], "end": window[1], "zone": window[2],
+            profile["window"] = {"start": window.start, "end": window.end, "zone": window.zone,
                                  "rows_outside": sum(row["outside"] or 0 for row in groups.values())}
     return profile
 

@@ -205,6 +205,7 @@ def load_profile(path: str | Path | None = None) -> dict[str, Any]:
 
 def clean_tables_of_preset(preset: str, workdir: str | Path, *, master: str = "local[2]") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run the clean stage of `preset` into a lake under `workdir`; its clean events and users as pandas."""
+    from ecominsight.catalog import CLEAN_EVENTS, CLEAN_USERS
     from ecominsight.config import load_config
     from ecominsight.io import Lake
     from ecominsight.session import get_spark
@@ -219,8 +220,8 @@ def clean_tables_of_preset(preset: str, workdir: str | Path, *, master: str = "l
         if created:
             spark.stop()
     columns = ["user_id", "ts", "event_type", "item_id", "category", "price", "quantity"]
-    events = pd.read_parquet(lake.table_path("clean", "events"), columns=columns)
-    users = pd.read_parquet(lake.table_path("clean", "users"))
+    events = pd.read_parquet(lake.table_path(CLEAN_EVENTS), columns=columns)
+    users = pd.read_parquet(lake.table_path(CLEAN_USERS))
     return events, users
 
 

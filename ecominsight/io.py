@@ -20,9 +20,11 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from ecominsight import catalog
+from ecominsight.catalog import Table
 from ecominsight.errors import LakeError
 from ecominsight.presets import Preset, TableSource
-from ecominsight.transforms.clean import CORRUPT, SOURCE_FILE, SOURCE_LINE
+from ecominsight.schema import CORRUPT, SOURCE_FILE, SOURCE_LINE
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +186,8 @@ def _extract(archive: Path, root: Path) -> list[str]:
     return extracted
 
 
+# A model's pointer to its newest complete version.
+LATEST = "LATEST"
 # Folders of a zone that are not tables: a write in progress, and the table it replaces.
 STAGED_PREFIX, RETIRED_PREFIX = "_staged-", "_retired-"
 
@@ -193,45 +197,78 @@ WRITE_TASKS_PER_CORE = 2
 
 
 class Lake:
-    """Paths of the lake zones (see DESIGN.md, "Lake layout") and table I/O on them."""
+    """Every path under the lake root (README.md, "Layout"): tables of the catalog, model
+    versions and their pointers, checkpoints, reports, the pseudonym key, staging and the lock;
+    and the table I/O on them. Nothing outside the I/O layer builds a lake path."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    def table_path(self, zone: str, table: str) -> str:
-        return str(self.root / zone / table)
+    # ---- paths ----------------------------------------------------------------------------------
+
+    def table_path(self, table: Table) -> str:
+        return str(self.root / table.zone / table.name)
+
+    def table_uri(self, table: Table) -> str:
+        """The table's location as a URI, for a metastore or another engine (`file:///...` here)."""
+        return Path(self.table_path(table)).resolve().as_uri()
+
+    def model_root(self, name: str) -> Path:
+        """`models/<name>/`: the versions of one model and its pointers."""
+        return self.root / "models" / name
 
     def model_dir(self, name: str, version: str) -> Path:
-        return self.root / "models" / name / version
+        return self.model_root(name) / version
+
+    def model_pointer(self, name: str, pointer: str = LATEST) -> Path:
+        """`models/<name>/<pointer>`: a small file naming the version the pointer designates."""
+        return self.model_root(name) / pointer
+
+    def checkpoint_dir(self, name: str, key: str) -> Path:
+        """`checkpoints/<name>/<key>/`: one training run's per-epoch checkpoints (`key` names the run)."""
+        return self.root / "checkpoints" / name / key
 
     def report_dir(self, run_id: str) -> Path:
         return self.root / "reports" / run_id
+
+    def run_reports(self, filename: str) -> list[Path]:
+        """`reports/<run_id>/<filename>` of every run that wrote one, oldest first."""
+        return sorted((self.root / "reports").glob(f"*/{filename}"), key=lambda p: p.stat().st_mtime)
+
+    def key_file(self) -> Path:
+        """The lake's own pseudonym key (used when no key comes from the environment)."""
+        return self.root / "_secrets" / "pseudonym.key"
 
     def staging_dir(self) -> Path:
         """Where a run unpacks archives it reads (a folder per run inside, removed when it ends)."""
         return self.root / "_staging"
 
-    def write(self, df: DataFrame, zone: str, table: str, *, partition_by: list[str] | None = None) -> str:
+    def _lock_path(self) -> Path:
+        return self.root / "_lock"
+
+    # ---- tables ---------------------------------------------------------------------------------
+
+    def write(self, df: DataFrame, table: Table) -> str:
         """Write a table as Parquet. Partitioned tables use dynamic partition overwrite, so a
         re-run replaces exactly the partitions it recomputes; others are replaced whole."""
-        path = self.table_path(zone, table)
-        self._recover(zone, table)
+        path = self.table_path(table)
+        self._recover(table)
         existed = Path(path).exists()
-        staged = None if partition_by else self.root / zone / f"{STAGED_PREFIX}{table}-{uuid.uuid4().hex[:8]}"
+        staged = None if table.partition_by else self.root / table.zone / f"{STAGED_PREFIX}{table.name}-{uuid.uuid4().hex[:8]}"
         try:
-            if partition_by:
+            if table.partition_by:
                 # Hashed on the partition columns, each value lands in one task: one file per partition
                 # instead of one per (task, value). The task count is explicit: left to adaptive execution,
                 # a shuffle of a few hundred MB is coalesced into fewer tasks than there are cores.
                 # Spark stages the files and moves each partition in only when the job commits.
                 tasks = WRITE_TASKS_PER_CORE * df.sparkSession.sparkContext.defaultParallelism
-                writer = df.repartition(tasks, *partition_by).write.mode("overwrite")
-                writer.option("partitionOverwriteMode", "dynamic").partitionBy(*partition_by).parquet(path)
+                writer = df.repartition(tasks, *table.partition_by).write.mode("overwrite")
+                writer.option("partitionOverwriteMode", "dynamic").partitionBy(*table.partition_by).parquet(path)
             else:
                 # Written beside the table, then swapped in by two renames: a run killed mid-write leaves
                 # the previous table whole (Spark's own overwrite deletes it before writing the new one).
                 df.write.parquet(str(staged))
-                self._swap_in(staged, zone, table)
+                self._swap_in(staged, table)
         except Exception as err:
             # No partial output: the unfinished copy goes, and so does the empty folder a failed first
             # write of a partitioned table leaves (a reader would take it for an empty table).
@@ -242,56 +279,72 @@ class Lake:
             cause = storage_failure(err)
             if cause is None:
                 raise
-            raise LakeError(f"cannot write lake table {zone}/{table} at {path}: {cause}") from err
-        log.info("wrote %s/%s to %s", zone, table, path)
+            raise LakeError(f"cannot write lake table {table} at {path}: {cause}") from err
+        log.info("wrote %s to %s", table, path)
         return path
 
-    def _swap_in(self, staged: Path, zone: str, table: str) -> None:
-        target = Path(self.table_path(zone, table))
-        retired = target.with_name(f"{RETIRED_PREFIX}{table}-{staged.name.rsplit('-', 1)[-1]}")
+    def _swap_in(self, staged: Path, table: Table) -> None:
+        target = Path(self.table_path(table))
+        retired = target.with_name(f"{RETIRED_PREFIX}{table.name}-{staged.name.rsplit('-', 1)[-1]}")
         if target.exists():
             os.rename(target, retired)
         os.rename(staged, target)
         shutil.rmtree(retired, ignore_errors=True)
 
-    def _recover(self, zone: str, table: str) -> None:
+    def _recover(self, table: Table) -> None:
         """Finish or undo a swap that a killed run left half done: a table missing beside its retired
         copy gets that copy back; staged copies of unfinished writes are removed."""
-        folder, target = self.root / zone, Path(self.table_path(zone, table))
+        folder, target = self.root / table.zone, Path(self.table_path(table))
         if not folder.is_dir():
             return
-        retired = sorted(folder.glob(f"{RETIRED_PREFIX}{table}-*"), key=lambda p: p.stat().st_mtime)
+        retired = sorted(folder.glob(f"{RETIRED_PREFIX}{table.name}-*"), key=lambda p: p.stat().st_mtime)
         if retired and not target.exists():
             os.rename(retired[-1], target)
-            log.warning("restored %s/%s from %s: a previous run stopped while swapping it in", zone, table, retired[-1].name)
+            log.warning("restored %s from %s: a previous run stopped while swapping it in", table, retired[-1].name)
             retired = retired[:-1]
         # Spark's own staging folder of a partitioned write that never committed (readers skip it).
-        leftovers = [*retired, *folder.glob(f"{STAGED_PREFIX}{table}-*"), *target.glob(".spark-staging-*")]
+        leftovers = [*retired, *folder.glob(f"{STAGED_PREFIX}{table.name}-*"), *target.glob(".spark-staging-*")]
         for leftover in leftovers:
             shutil.rmtree(leftover, ignore_errors=True)
 
-    def read(self, spark: SparkSession, zone: str, table: str, *, written_by: str,
-             schema: T.StructType | None = None) -> DataFrame:
+    def read(self, spark: SparkSession, table: Table, *, schema: T.StructType | None = None) -> DataFrame:
         """Read a lake table, or say which stage must run first. A partitioned table written from no
         rows has no files; with its `schema` given, it reads as empty instead of failing."""
-        path = self.table_path(zone, table)
-        self._recover(zone, table)
+        path = self.table_path(table)
+        self._recover(table)
         if _is_local(path) and not Path(path).exists():
-            raise LakeError(f"lake table {zone}/{table} is missing at {path}; run the {written_by!r} stage first")
+            raise LakeError(f"lake table {table} is missing at {path}; run the {table.written_by!r} stage first")
         if schema is not None and _is_local(path) and next(Path(path).rglob("*.parquet"), None) is None:
             return spark.createDataFrame([], schema)
         return spark.read.parquet(path)
 
-    def exists(self, zone: str, table: str) -> bool:
-        self._recover(zone, table)
-        return Path(self.table_path(zone, table)).exists()
+    def exists(self, table: Table) -> bool:
+        self._recover(table)
+        return Path(self.table_path(table)).exists()
+
+    def tables(self, zone: str) -> list[Table]:
+        """The tables written in a zone (folders holding Parquet data), sorted by name."""
+        folder = self.root / zone
+        if not folder.is_dir():
+            return []
+        return [catalog.table(zone, child.name) for child in sorted(folder.iterdir())
+                if child.is_dir() and not child.name.startswith(("_", ".")) and next(child.rglob("*.parquet"), None)]
+
+    def drop(self, table: Table) -> None:
+        """Remove a table if it exists (a table a run does not produce must not outlive it)."""
+        path = Path(self.table_path(table))
+        if path.exists():
+            shutil.rmtree(path)
+            log.info("removed %s from %s", table, path)
+
+    # ---- the write lock -------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def lock(self, holder: str) -> Iterator[None]:
         """Hold the lake's write lock for the duration: a second run on the same lake refuses to
         start (LakeError naming the holder) instead of mixing its partitions with the first's.
         A lock left by a process that no longer runs on this host is taken over."""
-        path = self.root / "_lock"
+        path = self._lock_path()
         self.root.mkdir(parents=True, exist_ok=True)
         mine = {"holder": holder, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         for _ in range(2):
@@ -320,21 +373,6 @@ class Lake:
         finally:
             if _read_lock(path) == mine:
                 path.unlink(missing_ok=True)
-
-    def tables(self, zone: str) -> list[str]:
-        """The tables written in a zone (folders holding Parquet data), sorted by name."""
-        folder = self.root / zone
-        if not folder.is_dir():
-            return []
-        return sorted(child.name for child in folder.iterdir()
-                      if child.is_dir() and not child.name.startswith(("_", ".")) and next(child.rglob("*.parquet"), None))
-
-    def drop(self, zone: str, table: str) -> None:
-        """Remove a table if it exists (a table a run does not produce must not outlive it)."""
-        path = Path(self.table_path(zone, table))
-        if path.exists():
-            shutil.rmtree(path)
-            log.info("removed %s/%s from %s", zone, table, path)
 
 
 def _read_lock(path: Path) -> dict[str, Any] | None:

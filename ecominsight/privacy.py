@@ -32,12 +32,11 @@ from ecominsight.errors import PrivacyError
 log = logging.getLogger(__name__)
 
 KEY_ENV = "ECOMINSIGHT_PSEUDONYM_KEY"
-KEY_FILE = Path("_secrets") / "pseudonym.key"
 MIN_KEY_BYTES = 16  # a shorter key can be brute-forced against known ids
 
 
-def resolve_key(lake_root: str | Path) -> bytes:
-    """The pseudonym key: `$ECOMINSIGHT_PSEUDONYM_KEY` (UTF-8), else the lake's key file, created
+def resolve_key(key_file: str | Path) -> bytes:
+    """The pseudonym key: `$ECOMINSIGHT_PSEUDONYM_KEY` (UTF-8), else `key_file` (the lake's, `Lake.key_file`), created
     with a random 32-byte key and mode 0600 on first use. Raises PrivacyError for a key shorter
     than 16 bytes or a key file that others may read."""
     from_env = os.environ.get(KEY_ENV)
@@ -46,7 +45,7 @@ def resolve_key(lake_root: str | Path) -> bytes:
         if len(key) < MIN_KEY_BYTES:
             raise PrivacyError(f"{KEY_ENV} is shorter than {MIN_KEY_BYTES} bytes; use a long random secret")
         return key
-    path = Path(lake_root) / KEY_FILE
+    path = Path(key_file)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from ecominsight.catalog import MARKETING_ACTIONS, SEARCH_INSIGHTS, SEGMENTS, USER_PROFILES, USER_SCORES, USER_SEQUENCES
 from ecominsight.io import Lake, read_json, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,7 @@ def line_plot(title: str, xlabel: str, ylabel: str, series: dict[str, tuple[list
 def _data_quality(lake: Lake, run_id: str) -> tuple[str, dict] | None:
     """The run's data_quality.json, else the newest one on the lake (the clean run that made the data)."""
     own = lake.report_dir(run_id) / "data_quality.json"
-    candidates = [own] if own.is_file() else sorted(lake.root.glob("reports/*/data_quality.json"),
-                                                    key=lambda p: p.stat().st_mtime)
+    candidates = [own] if own.is_file() else lake.run_reports("data_quality.json")
     return (candidates[-1].parent.name, read_json(candidates[-1])) if candidates else None
 
 
@@ -163,7 +163,7 @@ def _model_metrics(lake: Lake, version: str | None) -> dict[str, tuple[str, dict
     found = {}
     for name in MODELS:
         chosen = version if version and (lake.model_dir(name, version) / "metrics.json").is_file() else None
-        latest = lake.root / "models" / name / "LATEST"
+        latest = lake.model_pointer(name)
         if chosen is None and latest.is_file():
             chosen = latest.read_text(encoding="utf-8").strip()
         if chosen and (lake.model_dir(name, chosen) / "metrics.json").is_file():
@@ -175,23 +175,23 @@ def gather(spark: SparkSession, lake: Lake, run_id: str, *, score_date: dt.date)
     """Everything the page shows, as plain data (aggregates only, never a user id)."""
     data: dict[str, Any] = {"run_id": run_id, "score_date": score_date.isoformat(),
                             "data_quality": _data_quality(lake, run_id)}
-    if lake.exists("features", "user_sequences"):
-        rows = lake.read(spark, "features", "user_sequences", written_by="fuse").groupBy("split", "label").count().collect()
+    if lake.exists(USER_SEQUENCES):
+        rows = lake.read(spark, USER_SEQUENCES).groupBy("split", "label").count().collect()
         data["labels"] = {(r["split"], int(r["label"])): r["count"] for r in rows}
-    scores = lake.read(spark, "scores", "user_scores", written_by="score").filter(F.col("score_date") == F.lit(score_date))
+    scores = lake.read(spark, USER_SCORES).filter(F.col("score_date") == F.lit(score_date))
     score_row = scores.agg(F.count(F.lit(1)).alias("n"), F.first("model_version").alias("version")).first()
     data["users_scored"] = score_row["n"]
     data["models"] = _model_metrics(lake, score_row["version"])
-    segments = lake.read(spark, "insights", "segments", written_by="insights")
+    segments = lake.read(spark, SEGMENTS)
     data["segments"] = {r["segment"]: r["users"] for r in segments.orderBy(F.desc("users"), "segment").collect()}
-    actions = lake.read(spark, "insights", "marketing_actions", written_by="insights").groupBy("action").count()
+    actions = lake.read(spark, MARKETING_ACTIONS).groupBy("action").count()
     data["actions"] = {r["action"]: r["count"] for r in actions.orderBy(F.desc("count"), "action").collect()}
-    profiles = lake.read(spark, "insights", "user_profiles", written_by="insights")
+    profiles = lake.read(spark, USER_PROFILES)
     interests = profiles.select("user_id", F.explode("top_categories").alias("c")).groupBy(F.col("c.name").alias("name")) \
         .agg(F.countDistinct("user_id").alias("users"))
     data["categories"] = {r["name"]: r["users"] for r in interests.orderBy(F.desc("users"), "name").collect()}
-    if lake.exists("insights", "search_insights"):
-        queries = lake.read(spark, "insights", "search_insights", written_by="insights").where(F.col("segment") == "all")
+    if lake.exists(SEARCH_INSIGHTS):
+        queries = lake.read(spark, SEARCH_INSIGHTS).where(F.col("segment") == "all")
         data["queries"] = [r.asDict() for r in queries.orderBy("rank").collect()]
     return data
 

@@ -1,4 +1,7 @@
-"""Canonical table contracts shared by every stage, and the quarantine reason codes."""
+"""Contracts shared across layers: the canonical tables, the raw-read and quarantine columns, the
+quarantine reason codes, and the shape of a fused user row (its numeric features and text separators).
+
+The I/O layer and the models depend on these names; the transforms that produce them import them from here."""
 
 from __future__ import annotations
 
@@ -79,3 +82,23 @@ REASON_BAD_LABEL = "bad_label"
 REASON_BAD_RATING = "bad_rating"  # a rating that is given but is not a number in [1, 5]
 REASON_EMPTY_REVIEW = "empty_review"  # neither text nor rating
 REASON_DUPLICATE = "duplicate"
+
+# Columns the raw reader adds to every source row (io.read_source), carried into the quarantine.
+SOURCE_FILE = "_source_file"
+SOURCE_LINE = "_source_line"  # 1-based physical line; only sources read line by line know it
+CORRUPT = "_corrupt_record"  # the raw text of a record the reader could not split into columns
+META_COLUMNS = (SOURCE_FILE, SOURCE_LINE, CORRUPT)
+
+# A fused user row (features/*_sequences): the numeric features every model may use, the splits,
+# and how the text is put together (attributes, then events newest last, or NO_HISTORY).
+AGGREGATE_FEATURES = (
+    "n_events", "n_view", "n_search", "n_cart", "n_remove_cart", "n_fav", "n_purchase", "n_return",
+    "n_baskets", "n_baskets_90d", "n_baskets_365d", "n_active_days", "n_distinct_items",
+    "n_distinct_categories", "spend", "spend_365d",
+)
+TIME_FEATURES = ("recency_days", "purchase_recency_days", "tenure_days", "mean_basket_gap_days")
+NUMERIC_FEATURES = AGGREGATE_FEATURES + TIME_FEATURES
+SPLITS = ("train", "valid", "test")
+SEQUENCE_SEPARATOR = " ; "
+ATTRIBUTE_SEPARATOR = " [SEP] "  # between the attributes and the behaviour events
+NO_HISTORY = "no history"

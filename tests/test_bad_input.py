@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pyspark.sql import functions as F
 
 from ecominsight.io import read_source
-from ecominsight.presets import parse_preset
+from ecominsight.presets import TimestampSpec, parse_preset
 from ecominsight.schema import EVENT_TYPES
 from ecominsight.transforms import clean
 
@@ -84,7 +84,7 @@ def test_garbage_is_accounted_for_and_never_crashes(spark, files, kind, header):
         raw = read_source(spark, preset, paths)
         tagged = clean.mark_duplicates(clean.tag_events(
             raw, source="garbage", run_id="h", field_map=FIELD_MAP, event_type_map=preset.event_types,
-            ts_column="when", ts_format="yyyy-MM-dd HH:mm:ss",
+            timestamp=TimestampSpec(column="when", format="yyyy-MM-dd HH:mm:ss"),
         ))
         stats = tagged.agg(
             F.count(F.lit(1)).alias("rows"),

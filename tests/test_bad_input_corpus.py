@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from ecominsight.config import load_config
 from ecominsight.io import Lake, read_json
 from ecominsight.stages import run_clean
+from ecominsight.catalog import CLEAN_ITEMS, QUARANTINE
 
 CORPUS = Path(__file__).resolve().parent / "data" / "bad_inputs"
 FIELDS = {"user_id": "user_id", "event_type": "event_type", "item_id": "item_id", "price": "price", "title": "title"}
@@ -55,7 +56,7 @@ def run_clean_on(spark, tmp_path: Path, files: list[Path], fmt: str) -> tuple[La
 def outcome_by_file(spark, lake: Lake) -> dict[str, Counter]:
     """file name -> Counter of quarantine reasons, read back from the lake."""
     outcome: dict[str, Counter] = {}
-    quarantine = spark.read.parquet(lake.table_path("quarantine", "events"))
+    quarantine = spark.read.parquet(lake.table_path(QUARANTINE["events"]))
     assert quarantine.filter(F.col("raw").isNull() | F.col("source_file").isNull()).count() == 0  # content kept
     for row in quarantine.groupBy("source_file", "reason").count().collect():
         outcome.setdefault(Path(row["source_file"]).name, Counter())[row["reason"]] += row["count"]
@@ -71,13 +72,13 @@ def test_damaged_csv_files_are_cleaned_or_quarantined_row_by_row(spark, tmp_path
 
     expected_rows = sum(rows for rows, _, _ in EXPECTED_CSV.values())
     expected_clean = sum(clean for _, clean, _ in EXPECTED_CSV.values())
-    assert summary["input_rows"] == expected_rows == summary["clean_rows"] + summary["quarantined_rows"]
-    assert summary["clean_rows"] == expected_clean
+    assert summary.input_rows == expected_rows == summary.clean_rows + summary.quarantined_rows
+    assert summary.clean_rows == expected_clean
     quarantined = outcome_by_file(spark, lake)
     for name, (_, _, reasons) in EXPECTED_CSV.items():
         assert quarantined.get(name, Counter()) == Counter(reasons), name
 
-    items = lake.read(spark, "clean", "items", written_by="clean")
+    items = lake.read(spark, CLEAN_ITEMS)
     # Markup and SQL in text survive only as inert words; the 10 MB title is kept whole.
     titles = {r["item_id"]: r["title"] for r in items.select("item_id", "title").collect()}
     assert "alert" in titles["i13"] and "DROP TABLE users" in titles["i14"]
@@ -85,15 +86,15 @@ def test_damaged_csv_files_are_cleaned_or_quarantined_row_by_row(spark, tmp_path
     assert len(titles["i9"]) == BIG_TITLE_BYTES
     report = read_json(lake.report_dir("corpus") / "data_quality.json")
     assert json.dumps(report)  # written and serialisable
-    assert read_json(lake.report_dir("corpus") / "clean.json")["quarantined_rows"] == summary["quarantined_rows"]
+    assert read_json(lake.report_dir("corpus") / "clean.json")["quarantined_rows"] == summary.quarantined_rows
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_ALONE))
 def test_files_of_the_wrong_shape_are_quarantined_whole_or_row_by_row(spark, tmp_path, name):
     fmt, rows, clean_rows, reasons = EXPECTED_ALONE[name]
     lake, summary = run_clean_on(spark, tmp_path, [CORPUS / name], fmt)
-    assert summary["input_rows"] == rows == summary["clean_rows"] + summary["quarantined_rows"]
-    assert summary["clean_rows"] == clean_rows
-    assert summary["quarantined_by_reason"] == reasons
+    assert summary.input_rows == rows == summary.clean_rows + summary.quarantined_rows
+    assert summary.clean_rows == clean_rows
+    assert summary.quarantined_by_reason == reasons
     assert outcome_by_file(spark, lake)[name] == Counter(reasons)
     assert (lake.report_dir("corpus") / "data_quality.json").is_file()

@@ -10,15 +10,18 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
-from ecominsight import schema
+from ecominsight import catalog, schema
 from ecominsight.config import load_config
 from ecominsight.io import Lake, read_json
+from ecominsight.presets import RejectRule, TimestampSpec, WindowSpec
 from ecominsight.stages import run_clean
 from ecominsight.transforms import clean
+from ecominsight.catalog import CLEAN_EVENTS, CLEAN_REVIEWS, QUARANTINE
 
 RAW_COLUMNS = ["uid", "when", "what", "item", "cost", "q"]
 RAW_SCHEMA = T.StructType([T.StructField(c, T.StringType()) for c in RAW_COLUMNS + ["_source_file"]])
 FIELD_MAP = {"user_id": "uid", "event_type": "what", "item_id": "item", "price": "cost", "query": "q"}
+WHEN = TimestampSpec(column="when", unit="string", format="yyyy-MM-dd HH:mm:ss", zone="UTC")
 
 
 def raw_frame(spark, rows):
@@ -27,7 +30,7 @@ def raw_frame(spark, rows):
 
 def tag(raw, **overrides):
     kwargs = dict(source="unit", run_id="r1", field_map=FIELD_MAP, event_type_map={"pv": "view", "buy": "purchase"},
-                  ts_column="when", ts_unit="string", ts_format="yyyy-MM-dd HH:mm:ss", ts_zone="UTC")
+                  timestamp=WHEN)
     kwargs.update(overrides)
     return clean.mark_duplicates(clean.tag_events(raw, **kwargs))
 
@@ -73,7 +76,7 @@ def test_every_row_is_accepted_or_quarantined_with_the_first_failing_reason(spar
         ("3.0", "2020-01-02 00:00:00", "purchase", "i2", "", None),          # ok: canonical type, empty price
         ("4", "2020-01-02 00:00:00", "pv", "blocked", "1", None),            # preset rule
     ])
-    tagged = tag(raw, reject_rules=[("blocked_item", "item = 'blocked'")])
+    tagged = tag(raw, reject_rules=[RejectRule("blocked_item", "item = 'blocked'")])
     reasons = sorted((row["reason"] or "") for row in tagged.collect())
     assert reasons == ["", "", "bad_number", "bad_timestamp", "blocked_item", "duplicate", "missing_user_id",
                        "unknown_event_type"]
@@ -144,7 +147,7 @@ def test_window_quarantines_events_outside_it_in_the_declared_zone(spark):
         ("1", "2017-11-24 16:30:00", "pv", "i", "1", None),  # 00:30 on Nov 25 in Beijing: inside
         ("1", "2017-11-24 15:30:00", "pv", "i", "1", None),  # 23:30 on Nov 24 in Beijing: outside
     ])
-    tagged = tag(raw, window=("2017-11-25 00:00:00", "2017-12-04 00:00:00", "Asia/Shanghai"))
+    tagged = tag(raw, window=WindowSpec("2017-11-25 00:00:00", "2017-12-04 00:00:00", "Asia/Shanghai"))
     assert sorted((r["reason"] or "") for r in tagged.collect()) == ["", "outside_window"]
 
 
@@ -160,7 +163,7 @@ def test_derived_users_items_and_labels(spark):
         raw, source="unit", run_id="r", field_map={"user_id": "uid", "event_type": "expr:'search'", "item_id": "item",
                                                    "title": "title"},
         user_field_map={"age": "age", "gender": "sex"}, label_column="label",
-        ts_column="when", ts_unit="string", ts_format="yyyy-MM-dd HH:mm:ss", ts_zone="UTC",
+        timestamp=WHEN,
     ))
     users = clean.derive_users(tagged, gender_values={"女": "F", "男": "M"})
     assertDataFrameEqual(users.select("user_id", "age", "gender", "signup_ts"), spark.createDataFrame([
@@ -266,13 +269,13 @@ def test_run_clean_writes_every_table_and_the_data_quality_report(spark, tmp_pat
     assert report["users_without_events"] == 1  # u9: listed, never active
 
     # clean.json keeps its keys (the events' figures) and adds every table's.
-    assert (summary["input_rows"], summary["clean_rows"], summary["quarantined_rows"]) == (7, 2, 5)
-    assert summary["quarantined_by_reason"] == {k: v for k, v in events["rows_by_reason"].items() if k != "<clean>"}
-    assert read_json(lake.report_dir("dq") / "clean.json") == summary
-    assert {t: summary["tables"][t]["input_rows"] for t in summary["tables"]} == {"events": 7, "reviews": 7, "users": 5, "items": 4}
+    assert (summary.input_rows, summary.clean_rows, summary.quarantined_rows) == (7, 2, 5)
+    assert summary.quarantined_by_reason == {k: v for k, v in events["rows_by_reason"].items() if k != "<clean>"}
+    assert read_json(lake.report_dir("dq") / "clean.json") == summary.to_dict()
+    assert {t: summary.tables[t]["input_rows"] for t in summary.tables} == {"events": 7, "reviews": 7, "users": 5, "items": 4}
 
     def table(zone, name):
-        return lake.read(spark, zone, name, written_by="clean")
+        return lake.read(spark, catalog.table(zone, name))
 
     # u2's unreadable signup day falls back to its first event; of u9's two rows, a CSV gives no line
     # numbers, so the copy that stays is the first by raw text: {"id":"u9","age":"30",...}.
@@ -298,4 +301,4 @@ def test_run_clean_writes_every_table_and_the_data_quality_report(spark, tmp_pat
     (tmp_path / "everything.yaml").write_text(text.replace("reviews: {user_id: uid, item_id: item, rating: stars, text: note}\n", ""),
                                               encoding="utf-8")
     run_clean(spark, config, lake, "dq2")
-    assert not lake.exists("clean", "reviews") and not lake.exists("quarantine", "reviews") and lake.exists("clean", "events")
+    assert not lake.exists(CLEAN_REVIEWS) and not lake.exists(QUARANTINE["reviews"]) and lake.exists(CLEAN_EVENTS)

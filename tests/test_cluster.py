@@ -160,7 +160,7 @@ def test_pipeline_runs_on_a_standalone_cluster_with_the_packaged_env(cluster_run
         assert (reports / report).is_file(), report
     # The executors ran the code that submit.sh shipped, not this checkout: the worker work dirs hold it.
     for work_dir in cluster_run["work_dirs"]:
-        assert list(work_dir.glob("app-*/*/env/lib/python3.11/site-packages/ecominsight/stages.py")), work_dir
+        assert list(work_dir.glob("app-*/*/env/lib/python3.11/site-packages/ecominsight/stages/__init__.py")), work_dir
 
 
 def test_training_ran_as_barrier_tasks_on_two_executors(cluster_run):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ecominsight.catalog import CURRENT_SEQUENCES, USER_SCORES, Table
 from ecominsight.io import Lake, LakeError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +34,11 @@ def probe_rows(spark, version: str, seconds_per_partition: float):
         "id", slow(F.lit(version)).alias("version"), (F.col("id") % 2).cast("string").alias("day"))
 
 
+def probe_table(zone: str) -> Table:
+    """<zone>/probe, written as that zone's tables are: `scores` partitioned by day, `features` whole."""
+    return Table(zone, "probe", ("day",) if zone == "scores" else ())
+
+
 def write_version(lake_root: str, zone: str, version: str, seconds_per_partition: str = "0", spark=None) -> None:
     """Write the probe rows to <zone>/probe as the stages write: `features` as a whole-table
     overwrite, `scores` partitioned by day (dynamic partition overwrite). Without `spark` (in a
@@ -44,7 +50,7 @@ def write_version(lake_root: str, zone: str, version: str, seconds_per_partition
         # runs the slow stage ahead of Lake.write's shuffle, so the kill lands inside the write.
         spark, _ = get_spark("fault-probe", "local[2]", {"spark.ui.enabled": "false", "spark.sql.adaptive.enabled": "false"})
     rows = probe_rows(spark, version, float(seconds_per_partition))
-    Lake(lake_root).write(rows, zone, "probe", partition_by=["day"] if zone == "scores" else None)
+    Lake(lake_root).write(rows, probe_table(zone))
 
 
 def _writer_process(lake_root: Path, zone: str, version: str, seconds_per_partition: float) -> subprocess.Popen:
@@ -56,7 +62,7 @@ def _writer_process(lake_root: Path, zone: str, version: str, seconds_per_partit
 
 
 def _versions(spark, lake: Lake, zone: str) -> dict[str, int]:
-    table = lake.read(spark, zone, "probe", written_by="test")
+    table = lake.read(spark, probe_table(zone))
     return {r["version"]: r["count"] for r in table.groupBy("version").count().collect()}
 
 
@@ -95,7 +101,7 @@ def test_a_swap_interrupted_between_its_renames_is_undone(spark, tmp_path):
     """Injected: the state a kill between the two renames of a swap leaves (table folder gone, the
     retired copy beside it). Checked: the next read restores the previous table."""
     lake = Lake(tmp_path / "lake")
-    lake.write(spark.range(10).selectExpr("id", "'old' AS version"), "features", "probe")
+    lake.write(spark.range(10).selectExpr("id", "'old' AS version"), probe_table("features"))
     table = lake.root / "features" / "probe"
     table.rename(table.with_name("_retired-probe-deadbeef"))
     assert _versions(spark, lake, "features") == {"old": 10}
@@ -181,7 +187,7 @@ def score_in_child(lake_root: str) -> None:
     from ecominsight.stages import run_score
 
     spark, _ = get_spark("fault-score", "local[2,4]", {"spark.ui.enabled": "false"})
-    print(json.dumps(run_score(spark, load_config("local", [f"lake={lake_root}"]), Lake(lake_root), "fault-score")))
+    print(json.dumps(run_score(spark, load_config("local", [f"lake={lake_root}"]), Lake(lake_root), "fault-score").to_dict()))
 
 
 def _parent(pid: int) -> int | None:
@@ -237,8 +243,8 @@ def test_a_python_worker_killed_during_scoring_is_retried_and_every_user_scored_
     assert child.returncode == 0, err[-3000:]
     assert "Lost task" in err or "exited unexpectedly" in err  # the failure happened and was retried
     result = json.loads(out.strip().splitlines()[-1])
-    scores = spark.read.parquet(copy.table_path("scores", "user_scores"))
-    n_current = copy.read(spark, "features", "current_sequences", written_by="fuse").count()
+    scores = spark.read.parquet(copy.table_path(USER_SCORES))
+    n_current = copy.read(spark, CURRENT_SEQUENCES).count()
     assert result["users_scored"] == scores.count() == scores.select("user_id").distinct().count() == n_current
 
 
@@ -250,7 +256,7 @@ def test_a_model_version_that_climbs_out_of_the_lake_is_refused(tmp_path):
     lake = Lake(tmp_path / "lake")
     with pytest.raises(LakeError, match="is not a version name"):
         resolve_version(lake, "transformer", "../../../etc")
-    pointer = lake.root / "models" / "transformer" / LATEST
+    pointer = lake.model_pointer("transformer", LATEST)
     pointer.parent.mkdir(parents=True)
     pointer.write_text("../../outside", encoding="utf-8")
     with pytest.raises(LakeError, match="is not a version name"):

@@ -215,9 +215,9 @@ def test_a_day_cutoff_keeps_its_midnight_instant(tables):
 ])
 def test_default_cutoff_is_the_data_end_minus_the_horizon(horizon, cutoff):
     from ecominsight.config import FuseConfig
-    from ecominsight.stages import _default_cutoff
+    from ecominsight.stages.fuse import default_cutoff
 
-    got = _default_cutoff(dt.date(2020, 6, 1), FuseConfig(horizon=horizon))
+    got = default_cutoff(dt.date(2020, 6, 1), FuseConfig(horizon=horizon))
     assert (got, type(got)) == (cutoff, type(cutoff))
 
 

@@ -125,11 +125,11 @@ def test_synthetic_preset_quarantines_exactly_the_planted_rows(spark, tmp_path):
     manifest = generate(load_profile(), n_events=8_000, seed=3, out=tmp_path / "data", fmt="csv", bad_fraction=0.01)
     config = load_config("local", [f"source.preset={tmp_path / 'data' / 'preset.yaml'}", f"lake={tmp_path / 'lake'}"])
     summary = run_clean(spark, config, Lake(config.lake_path), "gen-test")
-    assert summary["input_rows"] == 8_000
-    assert summary["quarantined_by_reason"] == manifest["planted_bad_rows"]
-    assert summary["clean_rows"] == 8_000 - sum(manifest["planted_bad_rows"].values())
-    assert summary["tables"]["users"]["input_rows"] == summary["tables"]["users"]["clean_rows"] == manifest["users"]
-    assert summary["tables"]["items"]["input_rows"] == summary["tables"]["items"]["clean_rows"] == manifest["items"]
+    assert summary.input_rows == 8_000
+    assert summary.quarantined_by_reason == manifest["planted_bad_rows"]
+    assert summary.clean_rows == 8_000 - sum(manifest["planted_bad_rows"].values())
+    assert summary.tables["users"]["input_rows"] == summary.tables["users"]["clean_rows"] == manifest["users"]
+    assert summary.tables["items"]["input_rows"] == summary.tables["items"]["clean_rows"] == manifest["items"]
 
 
 def test_the_synthetic_preset_loads():

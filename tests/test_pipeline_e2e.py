@@ -19,25 +19,29 @@ from ecominsight.config import load_config, parse_horizon
 from ecominsight.io import read_json
 from ecominsight.stages import run_score
 from ecominsight.transforms import fuse
+from ecominsight.catalog import (
+    CLEAN_EVENTS, CURRENT_SEQUENCES, EXPLANATIONS, MARKETING_ACTIONS, PURCHASES, RECOMMENDATIONS, SEARCH_INSIGHTS, SEGMENTS,
+    USER_PROFILES, USER_SCORES, USER_SEQUENCES,
+)
 
 
 def test_clean_accounts_for_every_input_row(pipeline_run):
     _, _, lake, summary = pipeline_run
     report = summary["clean"]
-    assert report["input_rows"] == 66_718  # the bundled sample's row count
-    assert report["input_rows"] == report["clean_rows"] + report["quarantined_rows"]
-    assert report["quarantined_by_reason"]["missing_user_id"] > 0  # the sample's guest invoices
-    assert read_json(lake.report_dir("e2e") / "clean.json") == report
+    assert report.input_rows == 66_718  # the bundled sample's row count
+    assert report.input_rows == report.clean_rows + report.quarantined_rows
+    assert report.quarantined_by_reason["missing_user_id"] > 0  # the sample's guest invoices
+    assert read_json(lake.report_dir("e2e") / "clean.json") == report.to_dict()
 
 
 def test_training_table_obeys_label_and_split_invariants(pipeline_run):
     spark, config, lake, _ = pipeline_run
-    training = lake.read(spark, "features", "user_sequences", written_by="fuse")
+    training = lake.read(spark, USER_SEQUENCES)
     assert training.count() == training.select("user_id").distinct().count()
     assert {r["split"] for r in training.select("split").distinct().collect()} == {"train", "valid", "test"}
     assert {r["label"] for r in training.select("label").distinct().collect()} == {0, 1}
     # Recompute the label independently from the clean events: a purchase in [cutoff, cutoff + horizon).
-    events = lake.read(spark, "clean", "events", written_by="clean")
+    events = lake.read(spark, CLEAN_EVENTS)
     cutoff = dt.datetime.fromisoformat(config.fuse.cutoff)
     end = cutoff + parse_horizon(config.fuse.horizon)
     buyers = {r["user_id"] for r in events.filter((F.col("event_type") == "purchase") & (F.col("ts") >= cutoff)
@@ -54,7 +58,7 @@ def test_metrics_are_real_numbers_for_every_model(pipeline_run):
     _, _, lake, summary = pipeline_run
     train = summary["train"]
     for model in ("lr", "gbt", "transformer"):
-        metrics = read_json(Path(train["model_dirs"][model]) / "metrics.json")
+        metrics = read_json(Path(train.model_dirs[model]) / "metrics.json")
         for split in ("valid", "test"):
             for key in ("accuracy", "f1", "roc_auc", "avg_precision"):
                 value = metrics[split][key]
@@ -63,32 +67,32 @@ def test_metrics_are_real_numbers_for_every_model(pipeline_run):
             assert low <= metrics[split]["roc_auc"] <= high
             assert len(metrics[split]["decile_lift"]) == 10 and metrics[split]["decile_lift"][-1]["cumulative_gain"] == 1.0
             assert 0.0 <= metrics[split]["brier"] <= 1.0
-        lineage = read_json(Path(train["model_dirs"][model]) / "lineage.json")
+        lineage = read_json(Path(train.model_dirs[model]) / "lineage.json")
         assert lineage["data_fingerprint"] and lineage["config"]["fuse"]["cutoff"] == "2011-09-10"
     # The baselines must beat chance on this label (reference LR AUC on the complete data: 0.81).
-    assert train["lr"]["test"]["roc_auc"] > 0.65 and train["gbt"]["test"]["roc_auc"] > 0.65
-    assert set(read_json(Path(train["model_dirs"]["gbt"]) / "metrics.json")["feature_importances"]) >= {"recency_days"}
-    transformer_dir = Path(train["model_dirs"]["transformer"])
+    assert train.metrics["lr"]["test"]["roc_auc"] > 0.65 and train.metrics["gbt"]["test"]["roc_auc"] > 0.65
+    assert set(read_json(Path(train.model_dirs["gbt"]) / "metrics.json")["feature_importances"]) >= {"recency_days"}
+    transformer_dir = Path(train.model_dirs["transformer"])
     assert (transformer_dir / "model.safetensors").is_file() and (transformer_dir / "head.safetensors").is_file()
     assert not list(transformer_dir.glob("*.bin")) and not list(transformer_dir.glob("*.pt"))
 
 
 def test_scores_cover_every_user_once_and_are_readable_by_duckdb(pipeline_run):
     spark, _, lake, summary = pipeline_run
-    current = lake.read(spark, "features", "current_sequences", written_by="fuse")
-    events = lake.read(spark, "clean", "events", written_by="clean")
+    current = lake.read(spark, CURRENT_SEQUENCES)
+    events = lake.read(spark, CLEAN_EVENTS)
     assert current.count() == events.select("user_id").distinct().count()
-    scores_path = lake.table_path("scores", "user_scores")
+    scores_path = lake.table_path(USER_SCORES)
     (result,) = duckdb.sql(
         f"SELECT count(*) AS n, count(DISTINCT user_id) AS users, min(probability) AS lo, max(probability) AS hi, "
         f"count(DISTINCT model_version) AS versions, min(score_date) AS day, count(baseline_probability) AS baselines "
         f"FROM read_parquet('{scores_path}/*/*.parquet', hive_partitioning = 1)"
     ).fetchall()
     n, users, lo, hi, versions, day, baselines = result
-    assert n == users == current.count() == summary["score"]["users_scored"]
+    assert n == users == current.count() == summary["score"].users_scored
     assert 0.0 <= lo <= hi <= 1.0 and versions == 1 and baselines == n
-    assert str(day) == summary["score"]["score_date"] == "2011-12-10"
-    assert spark.read.parquet(scores_path).filter(F.col("model_version") == summary["train"]["version"]).count() == n
+    assert str(day) == summary["score"].score_date == "2011-12-10"
+    assert spark.read.parquet(scores_path).filter(F.col("model_version") == summary["train"].version).count() == n
     via_sql = spark.sql(f"SELECT count(DISTINCT user_id) AS users FROM parquet.`{scores_path}`").first()["users"]
     assert via_sql == n
 
@@ -98,21 +102,21 @@ def test_rescoring_a_day_replaces_only_that_day(pipeline_run):
     other_day = load_config("local", [f"lake={lake.root}", "score.score_date=2011-12-11"])
     run_score(spark, other_day, lake, "e2e-rescore-1")
     run_score(spark, other_day, lake, "e2e-rescore-2")
-    scores = spark.read.parquet(lake.table_path("scores", "user_scores"))
+    scores = spark.read.parquet(lake.table_path(USER_SCORES))
     per_day = {str(r["score_date"]): r["count"] for r in scores.groupBy("score_date").count().collect()}
-    n = summary["score"]["users_scored"]
+    n = summary["score"].users_scored
     assert per_day == {"2011-12-10": n, "2011-12-11": n}
     assert len(fuse.NUMERIC_FEATURES) == 20
 
 
 def test_incremental_rescore_of_an_unchanged_day_reuses_every_row(pipeline_run):
     spark, config, lake, summary = pipeline_run
-    day = summary["score"]["score_date"]
-    scores_path = lake.table_path("scores", "user_scores")
+    day = summary["score"].score_date
+    scores_path = lake.table_path(USER_SCORES)
     before = sorted(spark.read.parquet(scores_path).filter(F.col("score_date") == day).collect())
     incremental = load_config("local", [f"lake={lake.root}", "score.mode=incremental", f"score.score_date={day}"])
     result = run_score(spark, incremental, lake, "e2e-incremental")
-    assert result["users_rescored"] == 0 and result["users_scored"] == len(before)
+    assert result.users_rescored == 0 and result.users_scored == len(before)
     after = sorted(spark.read.parquet(scores_path).filter(F.col("score_date") == day).collect())
     assert after == before  # idempotent: the same inputs give the same rows
     deciles = {r["score_decile"] for r in after}
@@ -121,35 +125,34 @@ def test_incremental_rescore_of_an_unchanged_day_reuses_every_row(pipeline_run):
 
 def test_insight_tables_cover_every_scored_user_once(pipeline_run):
     spark, config, lake, summary = pipeline_run
-    report, n = summary["insights"], summary["score"]["users_scored"]
-    assert report["score_date"] == summary["score"]["score_date"]
-    tables = {name: lake.read(spark, "insights", name, written_by="insights")
-              for name in ("user_profiles", "segments", "marketing_actions", "recommendations")}
+    report, n = summary["insights"], summary["score"].users_scored
+    assert report.score_date == summary["score"].score_date
+    tables = {table.name: lake.read(spark, table) for table in (USER_PROFILES, SEGMENTS, MARKETING_ACTIONS, RECOMMENDATIONS)}
     profiles, segments, actions, recommended = tables.values()
-    assert profiles.count() == profiles.select("user_id").distinct().count() == n == report["rows"]["user_profiles"]
+    assert profiles.count() == profiles.select("user_id").distinct().count() == n == report.rows["user_profiles"]
     assert {r["propensity_decile"] for r in profiles.select("propensity_decile").distinct().collect()} == set(range(1, 11))
     # Online Retail has titles but no categories: interests are titles.
     assert {r["kind"] for r in profiles.select(F.explode("top_categories.kind").alias("kind")).distinct().collect()} == {"title"}
     assert segments.agg(F.sum("users")).first()[0] == n
-    assert report["segment_sizes"] == {r["segment"]: r["users"] for r in segments.collect()}
-    assert actions.count() == actions.select("user_id").distinct().count() == n == sum(report["action_counts"].values())
+    assert report.segment_sizes == {r["segment"]: r["users"] for r in segments.collect()}
+    assert actions.count() == actions.select("user_id").distinct().count() == n == sum(report.action_counts.values())
     assert actions.filter(F.col("reason").isNull()).count() == 0
     per_user = recommended.groupBy("user_id").count()
     assert 0 < per_user.agg(F.max("count")).first()[0] <= config.insights.recommendations.top_k
     assert recommended.join(profiles, "user_id", "left_anti").count() == 0
-    bought = privacy.pseudonymise(lake.read(spark, "clean", "events", written_by="clean"), privacy.resolve_key(lake.root)) \
+    bought = privacy.pseudonymise(lake.read(spark, CLEAN_EVENTS), privacy.resolve_key(lake.key_file())) \
         .filter(F.col("event_type") == "purchase")
     assert recommended.join(bought, ["user_id", "item_id"], "left_semi").count() == 0
-    ((with_interests,),) = duckdb.sql(f"SELECT count(*) FROM read_parquet('{lake.table_path('insights', 'user_profiles')}/*.parquet') "
+    ((with_interests,),) = duckdb.sql(f"SELECT count(*) FROM read_parquet('{lake.table_path(USER_PROFILES)}/*.parquet') "
                                       "WHERE len(top_categories) > 0").fetchall()
     assert with_interests == n
-    assert read_json(lake.report_dir("e2e") / "insights.json") == report
+    assert read_json(lake.report_dir("e2e") / "insights.json") == report.to_dict()
 
 
 def _day_rows(spark, lake, day: str) -> tuple[list, list]:
     """The day's score rows as Spark reads them and as DuckDB reads every Parquet file under the table
     (hidden staging folders included: a leftover of a failed write would show up here)."""
-    scores_path = lake.table_path("scores", "user_scores")
+    scores_path = lake.table_path(USER_SCORES)
     via_spark = sorted(tuple(r) for r in spark.read.parquet(scores_path).filter(F.col("score_date") == day)
                        .select("user_id", "probability", "model_version", "score_decile").collect())
     via_duckdb = sorted(duckdb.sql(
@@ -160,9 +163,9 @@ def _day_rows(spark, lake, day: str) -> tuple[list, list]:
 
 def test_a_scoring_run_whose_model_fails_leaves_the_previous_partition_readable(pipeline_run):
     spark, _, lake, summary = pipeline_run
-    day, version = summary["score"]["score_date"], summary["train"]["version"]
+    day, version = summary["score"].score_date, summary["train"].version
     before = _day_rows(spark, lake, day)
-    assert before[0] == before[1] and len(before[0]) == summary["score"]["users_scored"]
+    assert before[0] == before[1] and len(before[0]) == summary["score"].users_scored
     # A new model version whose weights are damaged: the Python workers fail when they load it.
     broken = lake.model_dir("transformer", "vbroken")
     shutil.copytree(lake.model_dir("transformer", version), broken)
@@ -179,9 +182,9 @@ def test_a_write_that_fails_halfway_leaves_the_previous_partition_readable(pipel
     job has set up its output (the staging folder of dynamic partition overwrite exists). Without
     adaptive execution the job's first stage runs after that setup; with it, before."""
     spark, _, lake, summary = pipeline_run
-    day = summary["score"]["score_date"]
+    day = summary["score"].score_date
     before = _day_rows(spark, lake, day)
-    table = lake.table_path("scores", "user_scores")
+    table = lake.table_path(USER_SCORES)
     rows = spark.read.parquet(table).filter(F.col("score_date") == day)
     fail_on = sorted(r["user_id"] for r in rows.select("user_id").collect())[len(before[0]) // 2]
 
@@ -196,7 +199,7 @@ def test_a_write_that_fails_halfway_leaves_the_previous_partition_readable(pipel
     spark.conf.set("spark.sql.adaptive.enabled", "false")
     try:
         with pytest.raises(Exception, match=rf"injected failure at user {fail_on} while writing into \['\.spark-staging-"):
-            lake.write(replacement, "scores", "user_scores", partition_by=["score_date"])
+            lake.write(replacement, USER_SCORES)
     finally:
         spark.conf.unset("spark.sql.adaptive.enabled")
     assert _day_rows(spark, lake, day) == before
@@ -205,34 +208,33 @@ def test_a_write_that_fails_halfway_leaves_the_previous_partition_readable(pipel
 
 
 # Every output table with user ids (insights/segments has none).
-OUTPUT_TABLES = [("scores", "user_scores"), ("scores", "explanations"), ("insights", "user_profiles"),
-                 ("insights", "marketing_actions"), ("insights", "recommendations"), ("insights", "purchases")]
+OUTPUT_TABLES = [USER_SCORES, EXPLANATIONS, USER_PROFILES, MARKETING_ACTIONS, RECOMMENDATIONS, PURCHASES]
 
 
 def test_user_ids_in_every_output_are_keyed_pseudonyms(pipeline_run):
     spark, _, lake, _ = pipeline_run
-    raw_ids = {r["user_id"] for r in lake.read(spark, "clean", "events", written_by="clean").select("user_id").distinct().collect()}
-    key = privacy.resolve_key(lake.root)  # no ECOMINSIGHT_PSEUDONYM_KEY here: the lake's own key file
+    raw_ids = {r["user_id"] for r in lake.read(spark, CLEAN_EVENTS).select("user_id").distinct().collect()}
+    key = privacy.resolve_key(lake.key_file())  # no ECOMINSIGHT_PSEUDONYM_KEY here: the lake's own key file
     expected = {privacy.pseudonym(u, key) for u in raw_ids}
-    for zone, table in OUTPUT_TABLES:
-        ids = {r["user_id"] for r in spark.read.parquet(lake.table_path(zone, table)).select("user_id").distinct().collect()}
-        assert ids and ids <= expected and not ids & raw_ids, (zone, table)
-    assert not lake.exists("insights", "search_insights")  # Online Retail has no searches
+    for table in OUTPUT_TABLES:
+        ids = {r["user_id"] for r in spark.read.parquet(lake.table_path(table)).select("user_id").distinct().collect()}
+        assert ids and ids <= expected and not ids & raw_ids, table
+    assert not lake.exists(SEARCH_INSIGHTS)  # Online Retail has no searches
     page = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", (lake.report_dir("e2e") / "report.html").read_text())
     assert not {u for u in raw_ids if re.search(rf"\b{re.escape(u)}\b", page)}
 
 
 def test_profiles_use_the_score_deciles_and_top_users_are_explained(pipeline_run):
     spark, config, lake, summary = pipeline_run
-    scores = spark.read.parquet(lake.table_path("scores", "user_scores")).filter(F.col("score_date") == summary["score"]["score_date"])
-    profiles = lake.read(spark, "insights", "user_profiles", written_by="insights")
+    scores = spark.read.parquet(lake.table_path(USER_SCORES)).filter(F.col("score_date") == summary["score"].score_date)
+    profiles = lake.read(spark, USER_PROFILES)
     joined = profiles.join(scores, "user_id")
     assert joined.count() == profiles.count() and joined.filter(F.col("propensity_decile") != F.col("score_decile")).count() == 0
-    explanations = spark.read.parquet(lake.table_path("scores", "explanations")).filter(
-        F.col("score_date") == summary["score"]["score_date"])
+    explanations = spark.read.parquet(lake.table_path(EXPLANATIONS)).filter(
+        F.col("score_date") == summary["score"].score_date)
     rows = explanations.collect()
     top = scores.filter(F.col("score_decile") == 1).count()
-    assert len(rows) == summary["score"]["users_explained"] == min(top, config.insights.explain.max_users) > 0
+    assert len(rows) == summary["score"].users_explained == min(top, config.insights.explain.max_users) > 0
     assert {r["score_decile"] for r in rows} == {1}
     for row in rows:
         assert row["explained_probability"] == pytest.approx(row["probability"], abs=1e-4)

@@ -30,7 +30,7 @@ def train_on(kind: str, spark, directory, *, users: int, epochs: int) -> dict:
     for stage in ("clean", "fuse"):
         run_stage(stage, spark, config, lake, f"planted-{kind}")
     train = run_stage("train", spark, config, lake, f"planted-{kind}")["train"]
-    return {model: train[model]["test"]["roc_auc"] for model in ("lr", "gbt", "transformer")}
+    return {model: train.metrics[model]["test"]["roc_auc"] for model in ("lr", "gbt", "transformer")}
 
 
 def test_transformer_sees_the_order_that_counts_cannot(spark, tmp_path):

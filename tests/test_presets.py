@@ -31,7 +31,7 @@ from ecominsight import data_quality, schema
 from ecominsight.io import read_source, staging_area
 from ecominsight.presets import Preset, load_preset
 from ecominsight.schema import EVENT_TYPES
-from ecominsight.stages import _tag_kwargs
+from ecominsight.stages.clean import tag_arguments
 from ecominsight.transforms import clean
 
 REPO = Path(__file__).resolve().parent.parent
@@ -179,7 +179,7 @@ def _run_preset(spark, name: str, request, *, keep_raw: bool = False) -> SparkRu
     preset = load_preset(name)
     stage = _stage(request)
     raw = clean.resolve_aliases(read_source(spark, preset, stage(preset.resolved_paths())), aliases=preset.aliases)
-    tagged = clean.mark_duplicates(clean.tag_events(raw, **_tag_kwargs(preset, "test-run")))
+    tagged = clean.mark_duplicates(clean.tag_events(raw, **tag_arguments(preset, "test-run")))
     tagged = _persist(tagged if keep_raw else tagged.drop("raw"), request)
     by_reason: Counter = Counter()
     clean_events: Counter = Counter()
@@ -196,12 +196,12 @@ def _run_side_table(spark, preset: Preset, table: str, request) -> tuple[int, Co
     stage = _stage(request)
     if table == "reviews":
         raw = read_source(spark, preset, stage(preset.resolved_paths()))
-        tagged = clean.tag_reviews(raw, **_tag_kwargs(preset, "test-run", "reviews"))
+        tagged = clean.tag_reviews(raw, **tag_arguments(preset, "test-run", "reviews"))
     else:
         side = preset.user_source if table == "users" else preset.item_source
         raw = read_source(spark, side, stage(side.resolved_paths()))
         tagger = clean.tag_users if table == "users" else clean.tag_items
-        tagged = tagger(raw, **_tag_kwargs(preset, "test-run", table))
+        tagged = tagger(raw, **tag_arguments(preset, "test-run", table))
     tagged = _persist(tagged, request)
     by_reason = Counter({row["reason"]: row["count"] for row in tagged.groupBy("reason").count().collect()})
     return raw.count(), by_reason, tagged

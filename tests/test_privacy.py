@@ -11,6 +11,7 @@ import pytest
 
 from ecominsight import privacy
 from ecominsight.config import ConfigError
+from ecominsight.io import Lake
 from ecominsight.presets import load_preset, parse_preset
 
 KEY = b"k" * 32
@@ -34,24 +35,26 @@ def test_spark_pseudonyms_equal_the_reference_and_keep_nulls_and_columns(spark):
 
 
 def test_key_from_the_environment_else_a_private_key_file_per_lake(tmp_path, monkeypatch, caplog):
+    lake, other_lake = Lake(tmp_path), Lake(tmp_path / "other-lake")
     monkeypatch.setenv(privacy.KEY_ENV, "a-long-enough-secret-key")
-    assert privacy.resolve_key(tmp_path) == b"a-long-enough-secret-key"
-    assert not (tmp_path / privacy.KEY_FILE).exists()
+    assert privacy.resolve_key(lake.key_file()) == b"a-long-enough-secret-key"
+    assert not lake.key_file().exists()
     monkeypatch.setenv(privacy.KEY_ENV, "short")
     with pytest.raises(privacy.PrivacyError, match="shorter than 16 bytes"):
-        privacy.resolve_key(tmp_path)
+        privacy.resolve_key(lake.key_file())
 
     monkeypatch.delenv(privacy.KEY_ENV)
     with caplog.at_level("WARNING"):
-        first = privacy.resolve_key(tmp_path)
-    path = tmp_path / privacy.KEY_FILE
+        first = privacy.resolve_key(lake.key_file())
+    path = lake.key_file()
+    assert path.is_relative_to(tmp_path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(first) == 64
     assert privacy.KEY_ENV in caplog.text and first.decode() not in caplog.text  # warned, key never logged
-    assert privacy.resolve_key(tmp_path) == first  # stable across runs on the lake
-    assert privacy.resolve_key(tmp_path / "other-lake") != first
+    assert privacy.resolve_key(lake.key_file()) == first  # stable across runs on the lake
+    assert privacy.resolve_key(other_lake.key_file()) != first
     os.chmod(path, 0o644)
     with pytest.raises(privacy.PrivacyError, match="readable by other users"):
-        privacy.resolve_key(tmp_path)
+        privacy.resolve_key(lake.key_file())
 
 
 def test_personal_columns_are_dropped_and_declared_in_the_preset(spark):

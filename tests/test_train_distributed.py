@@ -23,6 +23,7 @@ from ecominsight.models.classifier import freeze_lower_layers, load_classifier
 from ecominsight.models.transformer import ModelPathError, resolve_pretrained, stratified_sample
 from ecominsight.stages import run_stage
 from ecominsight.transforms.fuse import NUMERIC_FEATURES
+from ecominsight.catalog import CLEAN_LABELS, CURRENT_SEQUENCES, SEARCH_INSIGHTS, USER_PROFILES, USER_SEQUENCES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,7 +45,7 @@ def flat_run(spark, tiny_encoder, tmp_path_factory):
 
 def test_two_gloo_processes_train_and_rank0_writes_the_model(flat_run):
     _, _, summary, tiny_encoder = flat_run
-    model_dir = Path(summary["train"]["model_dirs"]["transformer"])
+    model_dir = Path(summary["train"].model_dirs["transformer"])
     metrics = read_json(model_dir / "metrics.json")
     assert metrics["world_size"] == 2
     assert len(metrics["history"]) == 2 and all(math.isfinite(h["train_loss"]) for h in metrics["history"])
@@ -61,7 +62,7 @@ def test_two_gloo_processes_train_and_rank0_writes_the_model(flat_run):
 
 def test_chinese_queries_reach_the_model_as_real_tokens(flat_run):
     spark, lake, summary, tiny_encoder = flat_run
-    model_dir = summary["train"]["model_dirs"]["transformer"]
+    model_dir = summary["train"].model_dirs["transformer"]
     base = AutoTokenizer.from_pretrained(tiny_encoder)
     assert base.unk_token_id in base("笔记本电脑")["input_ids"]  # the English vocabulary alone loses it
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -72,7 +73,7 @@ def test_chinese_queries_reach_the_model_as_real_tokens(flat_run):
     assert model.encoder.get_input_embeddings().num_embeddings == len(tokenizer) > base.vocab_size
     assert scaler.names == list(NUMERIC_FEATURES)
     # Every Chinese training text survives tokenisation without [UNK].
-    texts = [r["text"] for r in lake.read(spark, "features", "user_sequences", written_by="fuse")
+    texts = [r["text"] for r in lake.read(spark, USER_SEQUENCES)
              .filter(F.col("split") == "train").select("text").collect()]
     chinese = [t for t in texts if any("\u4e00" <= c <= "\u9fff" for c in t)]
     assert len(chinese) > 50
@@ -82,12 +83,12 @@ def test_chinese_queries_reach_the_model_as_real_tokens(flat_run):
 
 def test_given_labels_and_scores_cover_the_flat_table(flat_run):
     spark, lake, summary, _ = flat_run
-    labels = lake.read(spark, "clean", "labels", written_by="clean")
-    training = lake.read(spark, "features", "user_sequences", written_by="fuse")
+    labels = lake.read(spark, CLEAN_LABELS)
+    training = lake.read(spark, USER_SEQUENCES)
     assert training.count() == labels.count()
     joined = training.join(labels.withColumnRenamed("label", "given"), "user_id")
     assert joined.filter(F.col("label") != F.col("given")).count() == 0
-    assert summary["score"]["users_scored"] == lake.read(spark, "features", "current_sequences", written_by="fuse").count()
+    assert summary["score"].users_scored == lake.read(spark, CURRENT_SEQUENCES).count()
 
 
 def test_missing_or_pickled_model_paths_are_refused_with_advice(tmp_path):
@@ -114,7 +115,7 @@ def test_training_killed_mid_epoch_resumes_to_the_uninterrupted_result(flat_run,
     both gloo ranks) a third of an epoch into epoch 2. Checked: epoch 2 left no checkpoint, and the
     re-run resumes from epoch 1's and ends with the metrics of the uninterrupted run (flat_run)."""
     spark, lake, summary, tiny_encoder = flat_run
-    uninterrupted = read_json(Path(summary["train"]["model_dirs"]["transformer"]) / "metrics.json")
+    uninterrupted = read_json(Path(summary["train"].model_dirs["transformer"]) / "metrics.json")
     copy = Lake(tmp_path / "lake")
     shutil.copytree(lake.root, copy.root, ignore=shutil.ignore_patterns("checkpoints", "models", "_lock"))
     # The baselines are not what is under test: few boosting rounds keep the two runs short.
@@ -133,7 +134,7 @@ def test_training_killed_mid_epoch_resumes_to_the_uninterrupted_result(flat_run,
     assert child.returncode == -signal.SIGKILL
     assert not (checkpoint_dir / "epoch-2" / "state.json").exists(), "the kill came after epoch 2 had finished"
 
-    again = run_stage("train", spark, load_config("local", overrides), copy, "flat-resumed")["train"]["transformer"]
+    again = run_stage("train", spark, load_config("local", overrides), copy, "flat-resumed")["train"].metrics["transformer"]
     # Epoch 1 came from the killed run's checkpoint (its wall time is that run's, not re-measured) ...
     assert again["history"][0]["seconds"] == epoch_seconds
     assert again["history"][0]["train_loss"] == pytest.approx(uninterrupted["history"][0]["train_loss"], abs=1e-6)
@@ -151,21 +152,21 @@ def test_barrier_mode_trains_on_the_executors(flat_run):
         f"train.transformer.pretrained={tiny_encoder}", "train.transformer.epochs=1", "train.transformer.num_processes=2",
         "train.transformer.local_mode=false", "train.transformer.checkpoint=false", "train.transformer.max_length=32",
     ])
-    metrics = run_stage("train", spark, config, lake, "flat-barrier")["train"]["transformer"]
+    metrics = run_stage("train", spark, config, lake, "flat-barrier")["train"].metrics["transformer"]
     assert metrics["world_size"] == 2 and len(metrics["history"]) == 1
     assert 0.0 <= metrics["test"]["roc_auc"] <= 1.0
 
 
 def test_search_queries_of_the_flat_table_become_search_insights(flat_run):
     spark, lake, summary, _ = flat_run
-    assert summary["insights"]["rows"]["search_insights"] > 0
-    table = lake.read(spark, "insights", "search_insights", written_by="insights")
+    assert summary["insights"].rows["search_insights"] > 0
+    table = lake.read(spark, SEARCH_INSIGHTS)
     everyone = table.filter(F.col("segment") == "all").collect()
     assert any("\u4e00" <= c <= "\u9fff" for r in everyone for c in r["query"])  # Chinese queries survive
     assert sorted(r["rank"] for r in everyone) == list(range(1, len(everyone) + 1))
     # The flat table records searches only: nothing follows them, so no query converts or is zero-conversion.
     assert {(r["outcome"], r["zero_conversion"]) for r in everyone} == {("no_follow_up", False)}
-    profiles = lake.read(spark, "insights", "user_profiles", written_by="insights")
+    profiles = lake.read(spark, USER_PROFILES)
     segments = {r["segment"] for r in table.select("segment").distinct().collect()}
     assert "all" in segments and segments - {"all"} <= {r["segment"] for r in profiles.select("segment").distinct().collect()}
     assert '<section id="search">' in (lake.report_dir("flat") / "report.html").read_text()
@@ -186,7 +187,7 @@ def test_training_user_cap_is_a_seeded_stratified_sample():
 
 def test_the_transformer_trains_on_at_most_max_train_users_with_frozen_lower_layers(flat_run):
     spark, lake, summary, tiny_encoder = flat_run
-    available = read_json(Path(summary["train"]["model_dirs"]["transformer"]) / "metrics.json")["n_train"]
+    available = read_json(Path(summary["train"].model_dirs["transformer"]) / "metrics.json")["n_train"]
     overrides = [
         *_flat_overrides(lake.root, tiny_encoder), "train.transformer.epochs=1", "train.transformer.num_processes=1",
         "train.transformer.checkpoint=false", "train.transformer.max_length=32", "train.transformer.max_train_users=40",
@@ -195,13 +196,13 @@ def test_the_transformer_trains_on_at_most_max_train_users_with_frozen_lower_lay
         "train.gradient_boosted_trees.max_iter=2", "train.logistic_regression.max_iter=5",
     ]
     train = run_stage("train", spark, load_config("local", overrides), lake, "flat-capped")["train"]
-    assert train["transformer"]["n_train"] == 40 and train["transformer"]["n_train_available"] == available > 40
-    assert len(train["transformer"]["history"]) == 1
+    assert train.metrics["transformer"]["n_train"] == 40 and train.metrics["transformer"]["n_train_available"] == available > 40
+    assert len(train.metrics["transformer"]["history"]) == 1
     # The baselines keep the whole train split; every model is tested on the same users.
-    assert train["lr"]["test"]["n"] == train["transformer"]["test"]["n"]
+    assert train.metrics["lr"]["test"]["n"] == train.metrics["transformer"]["test"]["n"]
     # Embeddings and layer 0 stayed pretrained; layer 1 and the head trained.
     with safe_open(str(Path(tiny_encoder) / "model.safetensors"), "pt") as before, \
-         safe_open(str(Path(train["model_dirs"]["transformer"]) / "model.safetensors"), "pt") as after:
+         safe_open(str(Path(train.model_dirs["transformer"]) / "model.safetensors"), "pt") as after:
         for key in ("embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight"):
             pretrained = before.get_tensor(f"bert.{key}")
             # The word embeddings grew by the added CJK characters; the pretrained rows come first.

@@ -19,7 +19,7 @@ import pytest
 
 from ecominsight.config import load_config
 from ecominsight.io import Lake, read_json
-from ecominsight.stages import run_score, warehouse_table_name
+from ecominsight.stages import run_score
 
 REGISTERED_ZONES = ("scores", "insights")  # the default warehouse.zones
 
@@ -95,15 +95,15 @@ def duckdb_over_lake(lake: Lake) -> duckdb.DuckDBPyConnection:
     con.execute("CREATE SCHEMA ecominsight")
     for zone in REGISTERED_ZONES:
         for table in lake.tables(zone):
-            path = Path(lake.table_path(zone, table))
-            con.execute(f"CREATE VIEW ecominsight.{warehouse_table_name(zone, table)} AS SELECT * FROM "
+            path = Path(lake.table_path(table))
+            con.execute(f"CREATE VIEW ecominsight.{table.warehouse_name} AS SELECT * FROM "
                         f"read_parquet('{path}/**/*.parquet', hive_partitioning = true)")
     return con
 
 
 def test_register_puts_every_lake_table_in_the_metastore(warehouse):
     lake, report, spark_results, _ = warehouse
-    expected = {warehouse_table_name(zone, table) for zone in REGISTERED_ZONES for table in lake.tables(zone)}
+    expected = {table.warehouse_name for zone in REGISTERED_ZONES for table in lake.tables(zone)}
     assert {"scores_user_scores", "scores_explanations", "insights_user_profiles", "insights_purchases"} <= expected
     # Zones with the source's raw user ids stay out of the warehouse unless asked for.
     assert not {name for name in spark_results["tables"] if name.startswith(("clean_", "features_", "quarantine_"))}
@@ -127,9 +127,9 @@ def test_documented_queries_agree_between_spark_sql_and_duckdb(warehouse):
         for spark_row, duck_row in zip(spark_rows, duck_rows):
             # ROUND(…, 4) may differ by one last unit between the engines (decimal vs double averages).
             assert spark_row == pytest.approx(duck_row, abs=1.5e-4), (name, spark_row, duck_row)
-    n = summary["score"]["users_scored"]
+    n = summary["score"].users_scored
     drift = spark_results["rows"]["daily_score_drift"]
-    assert [row[0] for row in drift] == sorted({PAST_DAY, summary["score"]["score_date"]} | {row[0] for row in drift})
+    assert [row[0] for row in drift] == sorted({PAST_DAY, summary["score"].score_date} | {row[0] for row in drift})
     assert all(row[1] == n for row in drift)
     # The past day has purchases in the 30 days after it, so its conversion is not all zeros.
     past = [row for row in spark_results["rows"]["conversion_by_decile"] if row[0] == PAST_DAY]
@@ -141,5 +141,5 @@ def test_documented_queries_agree_between_spark_sql_and_duckdb(warehouse):
 def test_a_query_for_one_score_date_reads_only_that_partition(warehouse):
     _, _, spark_results, summary = warehouse
     assert len(spark_results["partitions"]) >= 2 and f"score_date={PAST_DAY}" in spark_results["partitions"]
-    assert spark_results["pruned_rows"] == summary["score"]["users_scored"]
+    assert spark_results["pruned_rows"] == summary["score"].users_scored
     assert spark_results["scan_partitions_read"] == [1]

@@ -23,7 +23,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from ecominsight.transforms.fuse import ATTRIBUTE_SEPARATOR, NO_HISTORY, SEQUENCE_SEPARATOR
+from ecominsight.schema import ATTRIBUTE_SEPARATOR, NO_HISTORY, SEQUENCE_SEPARATOR
 
 EVENT_START = re.compile(r"^\d{2}-\d{2} \S")  # an event phrase starts with its MM-dd day
 EXPLANATION_SCHEMA = (

@@ -16,7 +16,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from ecominsight.transforms.fuse import NUMERIC_FEATURES
+from ecominsight.schema import NUMERIC_FEATURES
 
 OUTPUT_COLUMNS = {"probabilityCol": "_probability", "rawPredictionCol": "_raw_prediction", "predictionCol": "_prediction"}
 

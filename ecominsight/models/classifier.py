@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from ecominsight.transforms.fuse import ATTRIBUTE_SEPARATOR
+from ecominsight.schema import ATTRIBUTE_SEPARATOR
 
 HEAD_FILE = "head.safetensors"
 META_FILE = "classifier.json"

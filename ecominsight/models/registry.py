@@ -13,9 +13,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ecominsight import __version__
-from ecominsight.io import Lake, LakeError, write_text_atomic
-
-LATEST = "LATEST"
+from ecominsight.errors import LakeError
+from ecominsight.io import LATEST, Lake, write_text_atomic
 
 
 def new_version(fingerprint: str) -> str:
@@ -46,15 +45,15 @@ def code_version() -> str:
 
 def publish(lake: Lake, name: str, version: str) -> None:
     """Point `models/<name>/LATEST` at a complete version directory (written last, atomically)."""
-    write_text_atomic(lake.root / "models" / name / LATEST, version + "\n")
+    write_text_atomic(lake.model_pointer(name, LATEST), version + "\n")
 
 
 def resolve_version(lake: Lake, name: str, version: str) -> str:
     """`latest` -> the published version; an explicit version must exist."""
     if version == "latest":
-        pointer = lake.root / "models" / name / LATEST
+        pointer = lake.model_pointer(name, LATEST)
         if not pointer.is_file():
-            raise LakeError(f"no trained {name!r} model under {lake.root / 'models' / name}; run the 'train' stage first")
+            raise LakeError(f"no trained {name!r} model under {lake.model_root(name)}; run the 'train' stage first")
         version = pointer.read_text(encoding="utf-8").strip()
     # A version names a folder under models/<name>/: from config or a LATEST file, it must not climb out.
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", version):

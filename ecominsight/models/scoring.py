@@ -50,6 +50,30 @@ def transformer_probability(text: Column, model_dir: str, *, batch_size: int, to
                                        torch_threads=torch_threads, precision=precision)(text, numeric)
 
 
+# Tasks per core for the model. Measured (BENCHMARKS.md, scoring): one task per core with Spark's
+# default Arrow batches came within 3% of the plain loop; two tasks per core with 128-row Arrow
+# batches cost 14% (the second wave of hash-sized tasks ends unevenly).
+SCORE_TASKS_PER_CORE = 1
+# The cut points between score deciles, as quantiles of the day's probabilities.
+DECILE_QUANTILES = tuple(i / 10 for i in range(1, 10))
+
+
+def prepare_for_scoring(users: DataFrame, *, tasks: int) -> DataFrame:
+    """Input: users to score (`user_id`, `text`, ...). Output: the same rows in `tasks` partitions
+    hashed on user_id, each sorted by text length.
+
+    A small features table reads as one partition (and AQE coalesces small shuffles to one): the
+    model would then run in one Python worker while the other cores idle. Hashing on user_id keeps
+    the batches, and so the scores, the same from run to run; similar lengths side by side make each
+    predict batch pad to a near-equal length."""
+    return users.repartition(tasks, "user_id").sortWithinPartitions(F.length("text"), "user_id")
+
+
+def decile_cut_points(day: DataFrame) -> list[float]:
+    """The 9 ascending probability cut points of a day's scores (approximate quantiles, 1e-4 error)."""
+    return day.approxQuantile("probability", list(DECILE_QUANTILES), 1e-4)
+
+
 def with_score_decile(scored: DataFrame, *, cut_points: list[float]) -> DataFrame:
     """Add `score_decile` (1 = the highest tenth of `probability`) from 9 ascending cut points,
     computed once over the whole day so that every partition buckets the same way."""

@@ -1,12 +1,13 @@
 """Fine-tune a pretrained BERT-family encoder on the fused user text, with TorchDistributor.
 
-The driver prepares a plain-data spec (paths, hyper-parameters, the CJK characters to add to the
+The driver prepares a `TrainSpec` (paths, hyper-parameters, the CJK characters to add to the
 vocabulary); `train_worker` runs on every rank under torchrun: gloo on CPU, nccl on GPU,
 DistributedDataParallel, rank-0-only writes. Weights are saved and loaded only as safetensors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -134,11 +135,52 @@ class _Checkpoints:
         return load_file(str(source / "best.safetensors")), read_json(source / "state.json")
 
 
-def train_worker(spec: dict[str, Any]) -> None:
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """Everything a training rank needs, as plain values (TorchDistributor pickles it to every rank)."""
+
+    data_path: str  # the fused table (features/user_sequences)
+    output_dir: str  # models/transformer/<version>/
+    # The configured name, not the driver's path: each rank resolves it in its own environment
+    # (on a cluster the executors' shipped env lies elsewhere than the driver's).
+    pretrained: str
+    extra_tokens: tuple[str, ...]  # CJK characters added to the vocabulary
+    max_length: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    head_learning_rate: float
+    weight_decay: float
+    warmup_ratio: float
+    seed: int
+    positive_class_weight: float | None
+    numeric_features: tuple[str, ...]  # fed to the head beside the text; empty: text only
+    freeze_layers: int = 0
+    max_train_users: int | None = None
+    checkpoint_dir: str | None = None  # None: no checkpoints
+    use_gpu: bool = False
+
+    def checkpoint_key(self, world: int) -> str:
+        """A hash of the data and everything that shapes training (not where the model goes), so that
+        only a true re-run resumes from the checkpoints named by it. `freeze_layers` and
+        `max_train_users` count only when set: runs without them keep the key they had before those
+        settings existed."""
+        from ecominsight.models.registry import stable_hash
+
+        shaping = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if f.name not in ("freeze_layers", "max_train_users", "checkpoint_dir", "use_gpu")}
+        if self.freeze_layers:
+            shaping["freeze_layers"] = self.freeze_layers
+        if self.max_train_users is not None:
+            shaping["max_train_users"] = self.max_train_users
+        return stable_hash({**shaping, "output_dir": None, "world": world})
+
+
+def train_worker(spec: TrainSpec) -> None:
     """One rank of distributed fine-tuning. Reads train/valid/test from the fused Parquet table,
     checkpoints every epoch (resuming from the last complete one), keeps the epoch with the best
     validation ROC-AUC, and on rank 0 writes the model (safetensors), tokenizer and `metrics.json`
-    to spec["output_dir"]. Returns nothing: ranks do not race on a result."""
+    to `spec.output_dir`. Returns nothing: ranks do not race on a result."""
     import random
     import socket
     import sys
@@ -159,7 +201,7 @@ def train_worker(spec: dict[str, Any]) -> None:
     from ecominsight.models.metrics import evaluate_splits
 
     os.environ["HF_HUB_OFFLINE"] = "1"
-    use_gpu = bool(spec["use_gpu"])
+    use_gpu = spec.use_gpu
     dist.init_process_group(backend="nccl" if use_gpu else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if use_gpu else "cpu")
@@ -172,19 +214,19 @@ def train_worker(spec: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
 
-    seed = int(spec["seed"])
+    seed = spec.seed
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-    numeric_columns = list(spec["numeric_features"])
-    data = {split: _read_split(spec["data_path"], split, numeric_columns) for split in ("train", "valid", "test")}
+    numeric_columns = list(spec.numeric_features)
+    data = {split: _read_split(spec.data_path, split, numeric_columns) for split in ("train", "valid", "test")}
     if len(data["train"]["text"]) == 0:
-        raise ValueError(f"no training rows in {spec['data_path']}")
+        raise ValueError(f"no training rows in {spec.data_path}")
     # A CPU time budget: train on a sample of the train split; valid/test stay whole, so every model
     # is still judged on the same users.
     n_train_available = len(data["train"]["text"])
-    kept = stratified_sample(data["train"]["label"], spec.get("max_train_users"), seed=seed)
+    kept = stratified_sample(data["train"]["label"], spec.max_train_users, seed=seed)
     data["train"] = {"text": [data["train"]["text"][i] for i in kept], "label": data["train"]["label"][kept],
                      "numeric": data["train"]["numeric"][kept]}
     if rank == 0 and len(kept) < n_train_available:
@@ -192,29 +234,29 @@ def train_worker(spec: dict[str, Any]) -> None:
     scaler = NumericScaler.fit(numeric_columns, data["train"]["numeric"])
 
     # Resolved here, not on the driver: on a cluster each executor has its own copy of the env.
-    pretrained_path = resolve_pretrained(spec["pretrained"])
+    pretrained_path = resolve_pretrained(spec.pretrained)
     # Where every rank ran: on a cluster this shows the ranks were barrier tasks in the executors'
     # shipped environment (their own working directories), not processes beside the driver.
     placements: list[Any] = [None] * world
     dist.all_gather_object(placements, {"rank": rank, "host": socket.gethostname(), "python": sys.executable,
                                         "cwd": os.getcwd()})
     log.info("ranks placed at %s; encoder %s", placements, pretrained_path)
-    tokenizer = load_tokenizer(pretrained_path, extra_tokens=spec["extra_tokens"])
+    tokenizer = load_tokenizer(pretrained_path, extra_tokens=list(spec.extra_tokens))
     encoder = AutoModel.from_pretrained(pretrained_path, use_safetensors=True)
-    if spec["extra_tokens"]:
+    if spec.extra_tokens:
         encoder.resize_token_embeddings(len(tokenizer))
     # Frozen before DDP wraps the model: DDP only syncs the parameters that require gradients.
-    freeze_lower_layers(encoder, int(spec.get("freeze_layers", 0)))
+    freeze_lower_layers(encoder, spec.freeze_layers)
     model = TextAndNumbersClassifier(encoder, len(numeric_columns)).to(device)
     # DDP broadcasts rank 0's parameters, so the randomly initialised head and new embeddings agree.
     ddp = DistributedDataParallel(model, device_ids=[device.index] if use_gpu else None)
 
     for split in data.values():
-        split["encoded"] = encode_texts(tokenizer, split["text"], max_length=int(spec["max_length"]))
+        split["encoded"] = encode_texts(tokenizer, split["text"], max_length=spec.max_length)
         split["scaled"] = scaler.transform(split["numeric"])
 
     def batches(indices: list[int], split: str):
-        size = int(spec["batch_size"])
+        size = spec.batch_size
         for start in range(0, len(indices), size):
             chosen = indices[start:start + size]
             batch = tokenizer.pad([data[split]["encoded"][i] for i in chosen], return_tensors="pt")
@@ -240,19 +282,19 @@ def train_worker(spec: dict[str, Any]) -> None:
 
     n_train = len(data["train"]["text"])
     per_rank = -(-n_train // world)
-    steps_per_epoch = -(-per_rank // int(spec["batch_size"]))
-    total_steps = steps_per_epoch * int(spec["epochs"])
+    steps_per_epoch = -(-per_rank // spec.batch_size)
+    total_steps = steps_per_epoch * spec.epochs
     no_decay = ("bias", "LayerNorm.weight")
     encoder_params = [(n, p) for n, p in model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
     optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in encoder_params if not n.endswith(no_decay)], "weight_decay": float(spec["weight_decay"])},
+        {"params": [p for n, p in encoder_params if not n.endswith(no_decay)], "weight_decay": spec.weight_decay},
         {"params": [p for n, p in encoder_params if n.endswith(no_decay)], "weight_decay": 0.0},
         # The head starts from scratch: it gets a larger step than the pretrained encoder.
-        {"params": list(model.head.parameters()), "weight_decay": 0.0, "lr": float(spec["head_learning_rate"])},
-    ], lr=float(spec["learning_rate"]))
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * float(spec["warmup_ratio"])), total_steps)
-    if spec.get("positive_class_weight"):
-        class_weights = torch.tensor([1.0, float(spec["positive_class_weight"])], device=device)
+        {"params": list(model.head.parameters()), "weight_decay": 0.0, "lr": spec.head_learning_rate},
+    ], lr=spec.learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * spec.warmup_ratio), total_steps)
+    if spec.positive_class_weight:
+        class_weights = torch.tensor([1.0, spec.positive_class_weight], device=device)
     else:
         class_weights = None
 
@@ -261,18 +303,18 @@ def train_worker(spec: dict[str, Any]) -> None:
             return float(roc_auc_score(labels, probabilities))
         return -float(log_loss(labels, probabilities, labels=[0, 1]))
 
-    checkpoints = _Checkpoints(spec.get("checkpoint_dir"))
+    checkpoints = _Checkpoints(spec.checkpoint_dir)
     best_score, best_epoch, history = -float("inf"), -1, []
     best_valid: np.ndarray | None = None
     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    first_epoch = min(checkpoints.latest_epoch(), int(spec["epochs"]))
+    first_epoch = min(checkpoints.latest_epoch(), spec.epochs)
     if first_epoch:
         best_state, progress = checkpoints.load(first_epoch, model, optimizer, scheduler)
         best_score, best_epoch, history = progress["best_score"], progress["best_epoch"], progress["history"]
         if rank == 0:
             log.info("resuming from the checkpoint of epoch %d in %s", first_epoch, checkpoints.directory)
 
-    for epoch in range(first_epoch, int(spec["epochs"])):
+    for epoch in range(first_epoch, spec.epochs):
         started = time.perf_counter()
         ddp.train()
         # Seeded per epoch and rank, so that a resumed run draws what an uninterrupted one would.
@@ -315,8 +357,8 @@ def train_worker(spec: dict[str, Any]) -> None:
     valid_probabilities = best_valid if best_valid is not None else predict("valid")
     test_probabilities = predict("test")
     if rank == 0:
-        output = Path(spec["output_dir"])
-        save_classifier(model, tokenizer, scaler, output, max_length=int(spec["max_length"]))
+        output = Path(spec.output_dir)
+        save_classifier(model, tokenizer, scaler, output, max_length=spec.max_length)
         metrics = evaluate_splits((data["valid"]["label"], valid_probabilities), (data["test"]["label"], test_probabilities))
         write_json(output / "metrics.json", {
             **metrics,
@@ -325,7 +367,7 @@ def train_worker(spec: dict[str, Any]) -> None:
             "n_train": n_train,
             "n_train_available": n_train_available,
             "numeric_features": numeric_columns,
-            "added_tokens": len(spec["extra_tokens"]),
+            "added_tokens": len(spec.extra_tokens),
             "world_size": world,
             "ranks": placements,
         })
@@ -333,10 +375,8 @@ def train_worker(spec: dict[str, Any]) -> None:
     dist.destroy_process_group()
 
 
-def run_distributed_training(spec: dict[str, Any], *, num_processes: int, local_mode: bool, use_gpu: bool) -> None:
+def run_distributed_training(spec: TrainSpec, *, num_processes: int, local_mode: bool) -> None:
     """Run `train_worker` under pyspark's TorchDistributor (needs an active SparkSession)."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
-    TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu).run(
-        train_worker, {**spec, "use_gpu": use_gpu}
-    )
+    TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=spec.use_gpu).run(train_worker, spec)

@@ -10,24 +10,23 @@ from __future__ import annotations
 import datetime as dt
 import functools
 
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ecominsight import schema
+from ecominsight.schema import CORRUPT, META_COLUMNS, SOURCE_FILE, SOURCE_LINE
+
+if TYPE_CHECKING:  # the typed preset parts these transforms take (never a whole preset or config)
+    from ecominsight.presets import RejectRule, TimestampSpec, WindowSpec
 
 HTML_TAG = r"<[^>]*>"
 HTML_ENTITY = r"&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);"
 # Letters of every script (CJK included), combining marks and digits survive; the rest is noise.
 NOT_TEXT = r"[^\p{L}\p{M}\p{N}\s]"
 NULL_TOKENS = ("", "nan", "na", "null", "none", "n/a")
-
-SOURCE_FILE = "_source_file"
-SOURCE_LINE = "_source_line"
-CORRUPT = "_corrupt_record"
-META_COLUMNS = (SOURCE_FILE, SOURCE_LINE, CORRUPT)
 
 
 def clean_text(column: Column) -> Column:
@@ -140,11 +139,11 @@ def parse_timestamp(column: Column, *, unit: str, fmt: str | Sequence[str], zone
     return F.when((parsed >= start) & (parsed < end), parsed)
 
 
-def _event_time(*, ts_column: str | None, ts_unit: str, ts_format: str | Sequence[str], ts_zone: str,
-                ts_value: str | None) -> Column:
-    if ts_value is not None:
-        return F.to_timestamp(F.lit(ts_value))
-    return parse_timestamp(F.col(f"`{ts_column}`"), unit=ts_unit, fmt=ts_format, zone=ts_zone)
+def event_time(timestamp: TimestampSpec) -> Column:
+    """Column expression: the UTC time `timestamp` describes (its column parsed, or its fixed value)."""
+    if timestamp.value is not None:
+        return F.to_timestamp(F.lit(timestamp.value))
+    return parse_timestamp(F.col(f"`{timestamp.column}`"), unit=timestamp.unit, fmt=timestamp.format, zone=timestamp.zone)
 
 
 def map_values(column: Column, mapping: Mapping[str, object] | None) -> Column:
@@ -168,11 +167,10 @@ def parse_gender(column: Column, *, gender_values: Mapping[str, str] | None = No
     return F.coalesce(map_values(column, gender_values).cast("string"), F.when(literal.isin("M", "F"), literal))
 
 
-def outside_window(ts: Column, window: tuple[str, str, str]) -> Column:
-    """Whether a UTC time falls outside [start, end), given as wall-clock times in `zone`."""
-    start, end, zone = window
-    start_utc = F.to_utc_timestamp(F.to_timestamp(F.lit(start)), zone)
-    end_utc = F.to_utc_timestamp(F.to_timestamp(F.lit(end)), zone)
+def outside_window(ts: Column, window: WindowSpec) -> Column:
+    """Whether a UTC time falls outside the window's [start, end), wall-clock times in its `zone`."""
+    start_utc = F.to_utc_timestamp(F.to_timestamp(F.lit(window.start)), window.zone)
+    end_utc = F.to_utc_timestamp(F.to_timestamp(F.lit(window.end)), window.zone)
     return (ts < start_utc) | (ts >= end_utc)
 
 
@@ -223,13 +221,9 @@ def tag_events(
     user_field_map: Mapping[str, str] | None = None,
     label_column: str | None = None,
     event_type_map: Mapping[str, str] | None = None,
-    ts_column: str | None = None,
-    ts_unit: str = "string",
-    ts_format: str | Sequence[str] = "yyyy-MM-dd HH:mm:ss",
-    ts_zone: str = "UTC",
-    ts_value: str | None = None,
-    window: tuple[str, str, str] | None = None,
-    reject_rules: Sequence[tuple[str, str]] = (),
+    timestamp: TimestampSpec,
+    window: WindowSpec | None = None,
+    reject_rules: Sequence[RejectRule] = (),
 ) -> DataFrame:
     """Give every raw row canonical values and, where it fails a check, a quarantine reason.
 
@@ -246,7 +240,7 @@ def tag_events(
     event_type = F.coalesce(map_values(event_type_raw, event_type_map).cast("string"),
                             F.when(event_type_raw.isin(*schema.EVENT_TYPES), event_type_raw))
 
-    ts = _event_time(ts_column=ts_column, ts_unit=ts_unit, ts_format=ts_format, ts_zone=ts_zone, ts_value=ts_value)
+    ts = event_time(timestamp)
 
     price, bad_price = _number(field("price"))
     quantity, bad_quantity = _number(field("quantity"))
@@ -272,13 +266,13 @@ def tag_events(
         (_raw_ref(label_column).cast("string") if label_column else F.lit(None).cast("string")).alias("label_raw"),
         *_provenance(raw),
         (bad_price | bad_quantity).alias("_bad_number"),
-        *[F.coalesce(F.expr(predicate), F.lit(False)).alias(f"_rule_{i}") for i, (_, predicate) in enumerate(reject_rules)],
+        *[F.coalesce(F.expr(rule.when), F.lit(False)).alias(f"_rule_{i}") for i, rule in enumerate(reject_rules)],
     )
 
     reason = F.when(F.col("_malformed"), F.lit(schema.REASON_MALFORMED))
     reason = reason.when(F.col("_bad_encoding"), F.lit(schema.REASON_BAD_ENCODING))
-    for i, (code, _) in enumerate(reject_rules):
-        reason = reason.when(F.col(f"_rule_{i}"), F.lit(code))
+    for i, rule in enumerate(reject_rules):
+        reason = reason.when(F.col(f"_rule_{i}"), F.lit(rule.reason))
     reason = (
         reason.when(F.col("user_id").isNull(), F.lit(schema.REASON_MISSING_USER))
         .when(malformed_id(F.col("user_id")) | malformed_id(F.col("item_id")), F.lit(schema.REASON_MALFORMED_ID))
@@ -347,26 +341,24 @@ def tag_users(
     field_map: Mapping[str, str],
     age_values: Mapping[str, int] | None = None,
     gender_values: Mapping[str, str] | None = None,
-    ts_column: str | None = None,
-    ts_unit: str = "string",
-    ts_format: str | Sequence[str] = "yyyy-MM-dd",
-    ts_zone: str = "UTC",
+    signup: TimestampSpec | None = None,
 ) -> DataFrame:
     """Rows of a user list (a `user_source`) -> canonical user columns and a quarantine reason.
 
     Input: raw rows as read_source returns them. Output: one row per input row with `user_id`,
-    `age`, `gender`, `region`, `signup_ts` (from `ts_column`; null when absent or unparseable, which
+    `age`, `gender`, `region`, `signup_ts` (from `signup`; null when absent or unparseable, which
     does not reject the user), the provenance columns and `reason`: `malformed_row`,
     `missing_user_id`, or `duplicate` for a repeat of a listed user id (the first copy stays).
     """
-    signup = (parse_timestamp(F.col(f"`{ts_column}`"), unit=ts_unit, fmt=ts_format, zone=ts_zone)
-              if ts_column else F.lit(None).cast("timestamp"))
+    # A signup time is read from its column only: a fixed `value` would date every user alike.
+    signup_ts = (parse_timestamp(F.col(f"`{signup.column}`"), unit=signup.unit, fmt=signup.format, zone=signup.zone)
+                 if signup is not None and signup.column else F.lit(None).cast("timestamp"))
     tagged = raw.select(
         normalize_id(_field(field_map, "user_id")).alias("user_id"),
         parse_age(_field(field_map, "age"), age_values=age_values).alias("age"),
         parse_gender(_field(field_map, "gender"), gender_values=gender_values).alias("gender"),
         clean_text(_field(field_map, "region")).alias("region"),
-        signup.alias("signup_ts"),
+        signup_ts.alias("signup_ts"),
         *_provenance(raw),
     )
     reason = (F.when(F.col("_malformed"), F.lit(schema.REASON_MALFORMED))
@@ -405,11 +397,7 @@ def tag_reviews(
     source: str,
     run_id: str,
     field_map: Mapping[str, str],
-    ts_column: str | None = None,
-    ts_unit: str = "string",
-    ts_format: str | Sequence[str] = "yyyy-MM-dd HH:mm:ss",
-    ts_zone: str = "UTC",
-    ts_value: str | None = None,
+    timestamp: TimestampSpec,
     rating_range: tuple[float, float] = (1.0, 5.0),
 ) -> DataFrame:
     """Raw rows -> canonical review columns and a quarantine reason, first failing check wins:
@@ -422,7 +410,7 @@ def tag_reviews(
     """
     rating, bad_rating = _number(_field(field_map, "rating"))
     low, high = rating_range
-    ts = _event_time(ts_column=ts_column, ts_unit=ts_unit, ts_format=ts_format, ts_zone=ts_zone, ts_value=ts_value)
+    ts = event_time(timestamp)
     tagged = raw.select(
         normalize_id(_field(field_map, "user_id")).alias("user_id"),
         normalize_id(_field(field_map, "item_id")).alias("item_id"),

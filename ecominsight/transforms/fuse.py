@@ -12,17 +12,10 @@ import datetime as dt
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-AGGREGATE_FEATURES = (
-    "n_events", "n_view", "n_search", "n_cart", "n_remove_cart", "n_fav", "n_purchase", "n_return",
-    "n_baskets", "n_baskets_90d", "n_baskets_365d", "n_active_days", "n_distinct_items",
-    "n_distinct_categories", "spend", "spend_365d",
+from ecominsight.schema import (
+    AGGREGATE_FEATURES, ATTRIBUTE_SEPARATOR, NO_HISTORY, NUMERIC_FEATURES, SEQUENCE_SEPARATOR, SPLITS, TIME_FEATURES,
 )
-TIME_FEATURES = ("recency_days", "purchase_recency_days", "tenure_days", "mean_basket_gap_days")
-NUMERIC_FEATURES = AGGREGATE_FEATURES + TIME_FEATURES
-SPLITS = ("train", "valid", "test")
-SEQUENCE_SEPARATOR = " ; "
-ATTRIBUTE_SEPARATOR = " [SEP] "  # between the attributes and the behaviour events
-NO_HISTORY = "no history"
+
 # A user who never bought gets this "days since last purchase": longer than any real history.
 NEVER_PURCHASED_DAYS = 3650.0
 
