@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # Launch an ecominsight stage (or the whole pipeline) through spark-submit, locally or on a cluster.
 #
-#   ./submit.sh [options] <clean|fuse|train|score|insights|pipeline> [--set key=value ...]
+#   ./submit.sh [options] <clean|fuse|train|score|insights|pipeline|register> [--set key=value ...]
 #
 # Options:
-#   --master URL           local[*] (default), local[N], spark://HOST:PORT (standalone), yarn, k8s://https://HOST:PORT
+#   --master URL           local[*] (default), local[N], spark://HOST:PORT (standalone), yarn, k8s://https://HOST:PORT.
+#                          It always wins: under spark-submit the job applies no configured spark.master.
 #   --deploy-mode MODE     client (default) or cluster. Cluster mode runs the driver on the cluster:
 #                          yarn and k8s only (Spark standalone has no cluster mode for Python apps).
-#   --env NAME             config overlay conf/NAME.yaml: local (default), cluster, databricks
+#   --env NAME             config overlay conf/NAME.yaml: local, cluster, databricks. Default: $ECOMINSIGHT_ENV
+#                          when set, else local for a local master and cluster for any other
 #   --set KEY=VALUE        config override, repeatable (e.g. --set lake=/shared/lake)
 #   --conf KEY=VALUE       extra spark-submit --conf, repeatable (e.g. --conf spark.executor.memory=4g)
+#   --secret-env NAME      (non-local masters) an environment variable holding a secret that the job on the
+#                          cluster needs, repeatable; its name ends in KEY, TOKEN, SECRET, PASSWORD, PASSWD or
+#                          CREDENTIAL(S) (the job masks those in its logs). ECOMINSIGHT_PSEUDONYM_KEY goes
+#                          without asking when it is set. See "Secrets" below.
+#   --k8s-secret NAME      (k8s) the Kubernetes secret that holds those variables, one key per variable named
+#                          like it (default: $ECOMINSIGHT_K8S_SECRET)
 #   --dry-run              print the spark-submit command (and the environment it sets) and exit 0;
 #                          builds nothing: every path in it is fixed, so it is exactly what a real run runs
+#                          (but for the secrets' properties file, whose keys it lists with the values masked)
 #   --package              (non-local masters) build the cluster package only, print its paths, exit 0
 #   -h, --help             this text
 #
@@ -43,6 +52,21 @@
 # that does not hold, pack a conda environment with conda-pack instead (it carries the interpreter).
 # YARN ships the local archives itself; k8s cluster mode needs spark.kubernetes.file.upload.path and
 # spark.kubernetes.container.image (pass them with --conf). The lake must be storage every node sees.
+#
+# Secrets reach the job through the platform and never appear on the command line (which `ps` shows),
+# in the --dry-run output or in the logs:
+#   yarn, spark://  the values are written into a mode-0600 properties file under $TMPDIR, removed when
+#                   spark-submit exits, and passed by --properties-file with --load-spark-defaults (the
+#                   cluster's spark-defaults.conf still applies; the file wins over it, --conf over both):
+#                   spark.executorEnv.NAME for the executors and, in yarn cluster mode, spark.yarn.appMasterEnv.NAME
+#                   for the driver. spark.redaction.regex is widened so that Spark masks them in its UI,
+#                   event log and YARN launch logs. YARN keeps them in the application's staging directory
+#                   and launch contexts, readable by the submitting user and the cluster's admins.
+#   k8s             spark.kubernetes.driver.secretKeyRef.NAME=SECRET:NAME (cluster mode) and
+#                   spark.kubernetes.executor.secretKeyRef.NAME=SECRET:NAME: a reference, the value stays in
+#                   Kubernetes (kubectl create secret generic SECRET --from-literal=NAME=...). Without
+#                   --k8s-secret, cluster mode refuses to start a driver that would lack them.
+#   local[...]      nothing to do: the driver and its Python workers inherit this environment.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -54,7 +78,9 @@ base_python="${ECOMINSIGHT_PYTHON:-python3}"
 venv_pack_pin="venv-pack2==0.9.2"
 master="local[*]"
 deploy_mode="client"
-env_name="${ECOMINSIGHT_ENV:-local}"
+env_name="${ECOMINSIGHT_ENV:-}"
+k8s_secret="${ECOMINSIGHT_K8S_SECRET:-}"
+secret_names=()
 stage=""
 dry_run=0
 package_only=0
@@ -76,10 +102,14 @@ while [[ $# -gt 0 ]]; do
     --set=*) passthrough+=(--set "${1#*=}"); shift ;;
     --conf) spark_confs+=(--conf "$2"); shift 2 ;;
     --conf=*) spark_confs+=(--conf "${1#*=}"); shift ;;
+    --secret-env) secret_names+=("$2"); shift 2 ;;
+    --secret-env=*) secret_names+=("${1#*=}"); shift ;;
+    --k8s-secret) k8s_secret="$2"; shift 2 ;;
+    --k8s-secret=*) k8s_secret="${1#*=}"; shift ;;
     --dry-run) dry_run=1; shift ;;
     --package) package_only=1; shift ;;
     -h|--help) usage; exit 0 ;;
-    clean|fuse|train|score|insights|pipeline) stage="$1"; shift ;;
+    clean|fuse|train|score|insights|pipeline|register) stage="$1"; shift ;;
     *) echo "submit.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
@@ -102,7 +132,52 @@ fi
 if [[ $package_only -eq 1 ]]; then
   [[ "$kind" == local ]] && die "--package builds the cluster package; give a non-local --master"
 elif [[ -z "$stage" ]]; then
-  echo "submit.sh: name a stage: clean, fuse, train, score, insights or pipeline" >&2; usage >&2; exit 2
+  echo "submit.sh: name a stage: clean, fuse, train, score, insights, pipeline or register" >&2; usage >&2; exit 2
+fi
+# The overlay follows the cluster: conf/local.yaml describes one machine, conf/cluster.yaml a cluster.
+if [[ -z "$env_name" ]]; then
+  if [[ "$kind" == local ]]; then env_name=local; else env_name=cluster; fi
+fi
+
+# The secrets the job on the cluster gets (see "Secrets" above): the names given, then the pseudonym
+# key whenever it is set. Each is checked by name only; a value is never put into an argument list.
+asked_secrets=${#secret_names[@]}
+[[ -n "${ECOMINSIGHT_PSEUDONYM_KEY:-}" ]] && secret_names+=(ECOMINSIGHT_PSEUDONYM_KEY)
+forwarded=()
+for name in ${secret_names[@]+"${secret_names[@]}"}; do
+  [[ "$name" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "--secret-env needs an environment variable name, not '$name'"
+  [[ "${name^^}" =~ (KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$ ]] \
+    || die "--secret-env $name: a secret's name ends in KEY, TOKEN, SECRET, PASSWORD, PASSWD or CREDENTIAL(S), so that the job masks its value in every log line"
+  [[ " ${forwarded[*]-} " == *" $name "* ]] || forwarded+=("$name")
+done
+secret_confs=()     # references only (k8s): safe on the command line
+secret_properties=()  # KEY=NAME pairs whose values go into the mode-0600 properties file (yarn, standalone)
+case "$kind" in
+  k8s)
+    if [[ -z "$k8s_secret" ]]; then
+      if [[ ${#forwarded[@]} -gt 0 && ( "$deploy_mode" == cluster || $asked_secrets -gt 0 ) ]]; then
+        die "${forwarded[*]} must reach the job on Kubernetes through a secret: give --k8s-secret NAME (or ECOMINSIGHT_K8S_SECRET), a secret holding one key per variable"
+      fi
+    else
+      [[ "$k8s_secret" =~ ^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$ ]] || die "--k8s-secret '$k8s_secret' is not a Kubernetes secret name"
+      for name in ${forwarded[@]+"${forwarded[@]}"}; do
+        secret_confs+=(--conf "spark.kubernetes.executor.secretKeyRef.$name=$k8s_secret:$name")
+        [[ "$deploy_mode" == cluster ]] && secret_confs+=(--conf "spark.kubernetes.driver.secretKeyRef.$name=$k8s_secret:$name")
+      done
+    fi ;;
+  yarn|standalone)
+    for name in ${forwarded[@]+"${forwarded[@]}"}; do
+      [[ -n "${!name:-}" ]] || die "--secret-env $name: $name is not set in this environment"
+      # Spark trims every value it reads from a properties file.
+      [[ "${!name}" =~ ^[[:space:]]|[[:space:]]$ ]] && die "$name starts or ends with a blank, which Spark would drop"
+      secret_properties+=("spark.executorEnv.$name=$name")
+      [[ "$kind" == yarn && "$deploy_mode" == cluster ]] && secret_properties+=("spark.yarn.appMasterEnv.$name=$name")
+    done ;;
+esac
+if [[ ${#secret_properties[@]} -gt 0 ]]; then
+  # Spark's default regex misses names like *_KEY: without this the values would show in the UI, the
+  # event log and YARN's launch-context log lines. A --conf of the user's still wins (it comes later).
+  secret_confs+=(--conf "spark.redaction.regex=(?i)secret|password|passwd|token|credential|access[.]?key|key\$")
 fi
 
 sha() { sha256sum | cut -d' ' -f1; }
@@ -172,6 +247,18 @@ pack_conf() {
   mv "$conf_archive.partial" "$conf_archive"
 }
 
+# The secrets' properties, in Java's properties syntax (a backslash escapes). Only shell builtins touch the
+# values, so that none of them is ever an argument of a process.
+write_secret_properties() {
+  local property name value
+  for property in "${secret_properties[@]}"; do
+    name="${property##*=}"
+    value="${!name}"
+    value="${value//\\/\\\\}"; value="${value//$'\n'/\\n}"; value="${value//$'\r'/\\r}"
+    printf '%s=%s\n' "${property%=*}" "$value"
+  done
+}
+
 export HF_HUB_OFFLINE=1
 job=("$here/jobs/$stage.py" --env "$env_name" ${passthrough[@]+"${passthrough[@]}"})
 
@@ -223,7 +310,15 @@ else
       --conf "$driver_env.HF_HUB_OFFLINE=1"
       --conf "$driver_env.PYSPARK_PYTHON=$env_python")
   fi
-  cmd+=(${spark_confs[@]+"${spark_confs[@]}"} "${job[@]}")
+  if [[ ${#secret_properties[@]} -gt 0 ]]; then
+    properties_file="${TMPDIR:-/tmp}/ecominsight-secrets.XXXXXXXX"
+    if [[ $dry_run -eq 0 ]]; then
+      properties_file="$(mktemp "$properties_file")"  # mode 0600
+      trap 'rm -f "$properties_file"' EXIT              # a failed build must not leave it behind
+    fi
+    cmd+=(--properties-file "$properties_file" --load-spark-defaults)
+  fi
+  cmd+=(${secret_confs[@]+"${secret_confs[@]}"} ${spark_confs[@]+"${spark_confs[@]}"} "${job[@]}")
   exported=(PYSPARK_PYTHON PYSPARK_DRIVER_PYTHON HF_HUB_OFFLINE)
   [[ "$deploy_mode" == client ]] && exported+=(ECOMINSIGHT_CONF_DIR)
   if [[ $dry_run -eq 0 ]]; then
@@ -246,7 +341,16 @@ fi
 
 if [[ $dry_run -eq 1 ]]; then
   for name in "${exported[@]}"; do printf 'export %s=%q\n' "$name" "${!name}"; done
+  for property in ${secret_properties[@]+"${secret_properties[@]}"}; do
+    printf '# in the --properties-file (mode 0600): %s=<value of $%s>\n' "${property%=*}" "${property##*=}"
+  done
   printf '%q ' "${cmd[@]}" | sed 's/ $/\n/'
   exit 0
+fi
+if [[ ${#secret_properties[@]} -gt 0 ]]; then
+  write_secret_properties > "$properties_file"
+  # exec keeps this PID: a watcher in its own session (immune to the terminal's Ctrl-C) removes the
+  # file once spark-submit, whatever ends it, has exited.
+  setsid bash -c 'tail --pid="$1" -f /dev/null; rm -f "$2"' _ "$$" "$properties_file" </dev/null >/dev/null 2>&1 &
 fi
 exec "${cmd[@]}"

@@ -35,11 +35,21 @@ def embedded_metastore_conf(directory: str | Path) -> dict[str, str]:
     }
 
 
+def launched_by_spark_submit() -> bool:
+    """True when spark-submit started this Python driver (locally, in a YARN container or a k8s pod).
+    Its JVM is already running and holds the master (its --master, spark-defaults.conf or its own
+    local[*] default); spark-submit tells Python where that JVM is in PYSPARK_GATEWAY_PORT, which
+    plain `python` never sets (pyspark then starts its own JVM and keeps the port to itself)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
 def get_spark(app_name: str = "ecominsight", master: str | None = None,
               conf: Mapping[str, str] | None = None, *,
               embedded_metastore: str | Path | None = None) -> tuple[SparkSession, bool]:
     """Return `(session, created)`: the active session if there is one (Databricks, a notebook,
     spark-submit's), else a new one. Only the caller that created a session may stop it.
+    `master` (and a `spark.master` in `conf`) applies only when Python starts Spark itself: under
+    spark-submit, its --master always wins.
     `embedded_metastore`: a directory for a local Hive metastore (new sessions only)."""
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -52,6 +62,12 @@ def get_spark(app_name: str = "ecominsight", master: str | None = None,
         return active, False
     if embedded_metastore is not None:
         conf = {**embedded_metastore_conf(embedded_metastore), **(conf or {})}
+    if launched_by_spark_submit():
+        conf = dict(conf or {})
+        ignored = conf.pop("spark.master", None) or master
+        if ignored:
+            log.info("spark-submit chose the master; the configured %s is not applied", ignored)
+        master = None
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # Python workers must run the interpreter that has our dependencies, not whatever is on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
