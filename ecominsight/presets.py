@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
-from ecominsight.config import DEFAULT_CONF_DIR, PROJECT_ROOT, ConfigError
+from ecominsight.config import DEFAULT_CONF_DIR, PROJECT_ROOT
+from ecominsight.errors import ConfigError
 from ecominsight.schema import ITEMS
 from ecominsight.schema import USER_ATTRIBUTES as USER_FIELDS
+from ecominsight.validation import build, rule
 
 EVENT_FIELDS = (
     "user_id", "event_type", "item_id", "category", "brand", "title",
@@ -31,6 +33,8 @@ FORMATS = ("csv", "parquet", "json", "text")
 PACKAGE_PREFIX = "package:"
 PACKAGE_DIR = Path(__file__).resolve().parent
 TIMESTAMP_UNITS = ("s", "ms", "string")
+_FORMAT = rule(choices=FORMATS)
+_ESCAPE = rule(pattern=("(?s).", "a single character"))
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,8 @@ class TimestampSpec:
     that carry no time at all."""
 
     column: str | None = None
-    unit: str = "string"
-    format: str | tuple[str, ...] = "yyyy-MM-dd HH:mm:ss"
+    unit: str = field(default="string", metadata=rule(choices=TIMESTAMP_UNITS))
+    format: str | tuple[str, ...] = field(default="yyyy-MM-dd HH:mm:ss", metadata=rule(non_empty=True))
     zone: str = "UTC"  # zone of naive wall-clock strings; ignored for Unix units
     value: str | None = None
 
@@ -92,12 +96,12 @@ class TableSource(_Inputs):
     events, with the same reading keys; `fields` maps canonical field -> raw column or `expr:`."""
 
     name: str  # "<preset>.users" / "<preset>.items", for messages and the quarantine's `source`
-    format: str
+    format: str = field(metadata=_FORMAT)
     paths: tuple[str, ...]
     fields: dict[str, str]
     delimiter: str = ","
     delimiter_regex: str | None = None
-    escape: str = '"'
+    escape: str = field(default='"', metadata=_ESCAPE)
     header: bool = True
     encoding: str = "UTF-8"
     columns: tuple[str, ...] = ()
@@ -110,14 +114,14 @@ class TableSource(_Inputs):
 @dataclass(frozen=True)
 class Preset(_Inputs):
     name: str
-    format: str
+    format: str = field(metadata=_FORMAT)
     paths: tuple[str, ...]
     events: dict[str, str]  # canonical field -> raw column name, or "expr:<Spark SQL>"
     timestamp: TimestampSpec
     description: str = ""
     delimiter: str = ","
     delimiter_regex: str | None = None  # format `text`: fields split by this (Java) regex
-    escape: str = '"'  # RFC 4180: a quote inside a quoted field is written twice
+    escape: str = field(default='"', metadata=_ESCAPE)  # RFC 4180: a quote inside a quoted field is written twice
     header: bool = True
     encoding: str = "UTF-8"
     columns: tuple[str, ...] = ()  # names for header-less files, in file order
@@ -133,18 +137,20 @@ class Preset(_Inputs):
     item_source: TableSource | None = None
     reviews: dict[str, str] = field(default_factory=dict)  # canonical review field -> raw column
     # Canonical user attributes that are personal data for this source: dropped from every output table.
-    personal: tuple[str, ...] = ()
+    personal: tuple[str, ...] = field(default=(), metadata=rule(choices=PERSONAL_FIELDS))
     base_dir: str = str(PROJECT_ROOT)
 
 
-_KEYS = {f.name for f in dataclasses.fields(Preset)} - {"base_dir"}
-_READ_KEYS = ("format", "paths", "delimiter", "delimiter_regex", "escape", "header", "encoding", "columns")
-# Keys of each side source: how to read it, its field mapping, and what only that table uses.
-_SIDE_KEYS = {
-    "user_source": {*_READ_KEYS, "fields", "timestamp", "age_values", "gender_values"},
-    "item_source": {*_READ_KEYS, "fields"},
+# Each side source: the table it feeds, the canonical fields it maps, its raw-value maps, and the
+# keys it does not take (only a user list has a signup time and raw age and gender values).
+_SIDES: dict[str, tuple[str, tuple[str, ...], dict[str, type], dict[str, Any]]] = {
+    "user_source": ("users", USER_SOURCE_FIELDS, {"age_values": int, "gender_values": str}, {}),
+    "item_source": ("items", ITEM_FIELDS, {}, {"timestamp": None, "age_values": {}, "gender_values": {}}),
 }
-_SIDE_FIELDS = {"user_source": ("users", USER_SOURCE_FIELDS), "item_source": ("items", ITEM_FIELDS)}
+# The preset's own maps: canonical field -> raw column (with the fields it needs), raw value -> canonical.
+_FIELD_MAPS = {"events": (EVENT_FIELDS, ("user_id", "event_type")), "users": (USER_FIELDS, ()),
+               "reviews": (REVIEW_FIELDS, ())}
+_VALUE_MAPS = {"event_types": str, "gender_values": str, "age_values": int}
 
 
 def available_presets(conf_dir: Path = DEFAULT_CONF_DIR) -> list[str]:
@@ -167,157 +173,106 @@ def load_preset(name_or_path: str, conf_dir: Path = DEFAULT_CONF_DIR) -> Preset:
     return parse_preset(raw, where=str(path), base_dir=str(conf_dir.resolve().parent))
 
 
-def parse_preset(raw: dict[str, Any], *, where: str = "preset", base_dir: str = str(PROJECT_ROOT)) -> Preset:
-    """Validate a preset mapping into a `Preset`; errors name the offending key."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: a preset must be a mapping")
-    _check_keys(raw, _KEYS, where)
-    for required in ("name", "format", "paths", "events", "timestamp"):
-        if required not in raw:
-            raise ConfigError(f"{where}: missing required key {required!r}")
-    name = str(raw["name"])
-    events = _field_map(raw["events"], EVENT_FIELDS, ("user_id", "event_type"), f"{where}: events")
-    users = _field_map(raw.get("users", {}), USER_FIELDS, (), f"{where}: users")
-    reviews = _field_map(raw.get("reviews") or {}, REVIEW_FIELDS, (), f"{where}: reviews")
-    if reviews and not {"user_id", "item_id"} <= set(reviews):
-        raise ConfigError(f"{where}: reviews needs user_id and item_id")
-    timestamp = _timestamp(raw["timestamp"], f"{where}: timestamp")
-    window = _dataclass_from(WindowSpec, raw["window"], f"{where}: window") if raw.get("window") else None
-    rules = tuple(_dataclass_from(RejectRule, rule, f"{where}: reject[{i}]") for i, rule in enumerate(raw.get("reject") or []))
-    aliases = {str(k): tuple(v if isinstance(v, list) else [v]) for k, v in (raw.get("aliases") or {}).items()}
-    personal = raw.get("personal") or []
-    if not isinstance(personal, list) or any(str(name) not in PERSONAL_FIELDS for name in personal):
-        raise ConfigError(f"{where}: personal must be a list of canonical user attributes ({', '.join(PERSONAL_FIELDS)}), "
-                          f"got {personal!r}")
-    return Preset(
-        name=name,
-        description=str(raw.get("description", "")),
-        **_reading(raw, where),
-        aliases=aliases,
-        events=events,
-        event_types=_value_map(raw.get("event_types"), str, f"{where}: event_types"),
-        users=users,
-        gender_values=_value_map(raw.get("gender_values"), str, f"{where}: gender_values"),
-        age_values=_value_map(raw.get("age_values"), int, f"{where}: age_values"),
-        label=raw.get("label"),
-        timestamp=timestamp,
-        window=window,
-        reject=rules,
-        user_source=_side_source(raw, "user_source", name, where, base_dir),
-        item_source=_side_source(raw, "item_source", name, where, base_dir),
-        reviews=reviews,
-        personal=tuple(str(name) for name in personal),
-        base_dir=base_dir,
-    )
+def parse_preset(raw: Mapping[str, Any], *, where: str = "preset", base_dir: str = str(PROJECT_ROOT)) -> Preset:
+    """Validate a preset mapping into a `Preset`; errors name the preset (`where`) and the offending
+    key. A key left empty (null) takes its default."""
+    try:
+        return _parse(raw, base_dir)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
 
 
-def _check_keys(raw: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown preset key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+def _parse(raw: Any, base_dir: str) -> Preset:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"a preset must be a mapping, got {type(raw).__name__}")
+    values = _expanded(_without_nulls(raw), "", _FIELD_MAPS, _VALUE_MAPS)
+    if isinstance(values.get("aliases"), Mapping):  # one other name may stand without a list
+        values["aliases"] = {name: others if isinstance(others, list) else [others]
+                             for name, others in values["aliases"].items()}
+    sides = {key: values.pop(key) for key in _SIDES if key in values}
+    preset = build(Preset, values, noun="preset key", fixed={"base_dir": base_dir})
+    _check_reading(preset, "")
+    _check_timestamp(preset.timestamp, "timestamp")
+    if preset.reviews and not {"user_id", "item_id"} <= set(preset.reviews):
+        raise ConfigError("reviews needs user_id and item_id")
+    return dataclasses.replace(preset, **{key: _side_source(section, key, preset.name, base_dir)
+                                          for key, section in sides.items()})
 
 
-def _reading(raw: dict[str, Any], where: str) -> dict[str, Any]:
-    """The keys that say how to read files, validated; shared by a preset and its side sources."""
-    if raw["format"] not in FORMATS:
-        raise ConfigError(f"{where}: format {raw['format']!r} is not one of {', '.join(FORMATS)}")
-    paths = raw["paths"]
-    if isinstance(paths, str):
-        paths = [paths]
-    regex = raw.get("delimiter_regex")
-    if (raw["format"] == "text") != (regex is not None):
-        raise ConfigError(f"{where}: format text needs delimiter_regex, and delimiter_regex needs format text")
-    encoding = str(raw.get("encoding", "UTF-8"))
-    if raw["format"] == "text" and encoding.upper().replace("-", "") != "UTF8":
-        raise ConfigError(f"{where}: format text reads UTF-8 only, not {encoding}")
-    escape = str(raw.get("escape", '"'))
-    if len(escape) != 1:
-        raise ConfigError(f"{where}: escape is a single character, not {escape!r}")
-    return dict(
-        format=raw["format"],
-        paths=tuple(str(p) for p in paths),
-        delimiter=str(raw.get("delimiter", ",")),
-        delimiter_regex=str(regex) if regex is not None else None,
-        escape=escape,
-        header=bool(raw.get("header", True)),
-        encoding=encoding,
-        columns=tuple(str(c) for c in raw.get("columns") or ()),
-    )
+def _side_source(section: Any, key: str, preset: str, base_dir: str) -> TableSource:
+    """`user_source:` / `item_source:`, validated into a `TableSource`."""
+    table, canonical, value_maps, not_taken = _SIDES[key]
+    values = _expanded(section, key, {"fields": (canonical, canonical[:1])}, value_maps)
+    source = build(TableSource, values, key, noun="preset key",
+                   fixed={"name": f"{preset}.{table}", "base_dir": base_dir, **not_taken})
+    _check_reading(source, key)
+    _check_timestamp(source.timestamp, f"{key}.timestamp")
+    return source
 
 
-def _side_source(raw: dict[str, Any], key: str, preset: str, where: str, base_dir: str) -> TableSource | None:
-    """`user_source:` / `item_source:`, validated into a `TableSource`, or None when absent."""
-    section = raw.get(key)
-    if section is None:
-        return None
-    where = f"{where}: {key}"
-    if not isinstance(section, dict):
-        raise ConfigError(f"{where} must be a mapping")
-    _check_keys(section, _SIDE_KEYS[key], where)
-    for required in ("format", "paths", "fields"):
-        if required not in section:
-            raise ConfigError(f"{where}: missing required key {required!r}")
-    table, allowed = _SIDE_FIELDS[key]
-    return TableSource(
-        name=f"{preset}.{table}",
-        **_reading(section, where),
-        fields=_field_map(section["fields"], allowed, (allowed[0],), f"{where}: fields"),
-        timestamp=_timestamp(section["timestamp"], f"{where}: timestamp") if section.get("timestamp") else None,
-        age_values=_value_map(section.get("age_values"), int, f"{where}: age_values"),
-        gender_values=_value_map(section.get("gender_values"), str, f"{where}: gender_values"),
-        base_dir=base_dir,
-    )
+def _without_nulls(value: Any) -> Any:
+    """`value` with every null mapping entry left out, at any depth: an empty key means its default."""
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value
 
 
-def _field_map(value: Any, allowed: tuple[str, ...], required: tuple[str, ...], where: str) -> dict[str, str]:
+def _expanded(values: Any, key: str, field_maps: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]],
+              value_maps: Mapping[str, type]) -> Any:
+    """A preset (or side source) mapping with its shorthands expanded: `paths` may be one path, field
+    maps name canonical fields, raw values of value maps match trimmed and lower-cased."""
+    if not isinstance(values, Mapping):
+        return values  # build() says what is wrong with it
+    expanded = dict(values)
+    prefix = f"{key}." if key else ""
+    if isinstance(expanded.get("paths"), str):
+        expanded["paths"] = [expanded["paths"]]
+    for name, (allowed, required) in field_maps.items():
+        if name in expanded:
+            expanded[name] = _field_map(expanded[name], allowed, required, prefix + name)
+    for name, kind in value_maps.items():
+        if name in expanded:
+            expanded[name] = _value_map(expanded[name], kind, prefix + name)
+    return expanded
+
+
+def _check_reading(source: Preset | TableSource, key: str) -> None:
+    """The reading keys agree: format text goes with delimiter_regex, and reads UTF-8 only."""
+    where = f"{key}: " if key else ""
+    if (source.format == "text") != (source.delimiter_regex is not None):
+        raise ConfigError(f"{where}format text needs delimiter_regex, and delimiter_regex needs format text")
+    if source.format == "text" and source.encoding.upper().replace("-", "") != "UTF8":
+        raise ConfigError(f"{where}format text reads UTF-8 only, not {source.encoding}")
+
+
+def _check_timestamp(spec: TimestampSpec | None, key: str) -> None:
+    if spec is not None and spec.value is None and spec.column is None:
+        raise ConfigError(f"{key} needs a column (or a fixed value for snapshot tables)")
+
+
+def _field_map(value: Any, allowed: tuple[str, ...], required: tuple[str, ...], key: str) -> dict[str, str]:
     """canonical field -> raw column (or `expr:`), every field canonical, the required ones present."""
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a mapping of canonical field to raw column")
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: must be a mapping of canonical field to raw column")
     fields = {str(k): str(v) for k, v in value.items()}
     bad = sorted(set(fields) - set(allowed))
     if bad:
-        raise ConfigError(f"{where}.{bad[0]} is not a canonical field here; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"{key}.{bad[0]} is not a canonical field here; allowed: {', '.join(allowed)}")
     for name in required:
         if name not in fields:
-            raise ConfigError(f"{where}.{name} is required")
+            raise ConfigError(f"{key}.{name} is required")
     return fields
 
 
-def _value_map(value: Any, kind: type, where: str) -> dict[str, Any]:
+def _value_map(value: Any, kind: type, key: str) -> dict[str, Any]:
     """raw value -> canonical value; raw values are matched trimmed and lower-cased."""
     if not value:
         return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a mapping of raw value to canonical value")
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: must be a mapping of raw value to canonical value")
     try:
         return {str(k).strip().lower(): kind(v) for k, v in value.items()}
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where}: {err}") from err
-
-
-def _timestamp(value: Any, where: str) -> TimestampSpec:
-    spec = _dataclass_from(TimestampSpec, value, where)
-    if spec.value is None and spec.column is None:
-        raise ConfigError(f"{where} needs a column (or a fixed value for snapshot tables)")
-    if spec.unit not in TIMESTAMP_UNITS:
-        raise ConfigError(f"{where}.unit {spec.unit!r} is not one of {', '.join(TIMESTAMP_UNITS)}")
-    if isinstance(spec.format, tuple) and not spec.format:
-        raise ConfigError(f"{where}.format is an empty list")
-    return spec
-
-
-def _dataclass_from(cls: type, value: Any, where: str) -> Any:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a mapping")
-    allowed = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
-    listed = sorted(k for k, v in value.items() if isinstance(v, list) and k != "format")
-    if listed:
-        raise ConfigError(f"{where}.{listed[0]} must be a single value, not a list")
-    try:
-        return cls(**{k: (tuple(str(x) for x in v) if isinstance(v, list) else str(v) if v is not None else None)
-                      for k, v in value.items()})
-    except TypeError as err:
-        raise ConfigError(f"{where}: {err}") from err
+        raise ConfigError(f"{key}: {err}") from err

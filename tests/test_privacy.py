@@ -66,5 +66,5 @@ def test_personal_columns_are_dropped_and_declared_in_the_preset(spark):
     raw = {"name": "p", "format": "csv", "paths": ["x.csv"], "events": {"user_id": "u", "event_type": "t"},
            "timestamp": {"column": "ts"}}
     assert parse_preset({**raw, "personal": ["region"]}).personal == ("region",)
-    with pytest.raises(ConfigError, match="personal must be a list of canonical user attributes"):
+    with pytest.raises(ConfigError, match=r"personal\[0\]: 'email' is not one of age, gender, region"):
         parse_preset({**raw, "personal": ["email"]})
