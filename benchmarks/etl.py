@@ -28,7 +28,10 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ContextManager
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,15 +117,15 @@ class PeakSampler:
 # (a) ecominsight on Spark
 
 
-def spark_session(extra_conf: dict[str, str] | None = None):
+def benchmark_session(extra_conf: dict[str, str] | None = None) -> ContextManager[SparkSession]:
+    """conf/local.yaml's Spark settings on MASTER, then `extra_conf`, for a `with` block."""
     from ecominsight.config import load_config
-    from ecominsight.session import get_spark
+    from ecominsight.session import spark_session
 
     config = load_config("local", [f"spark.master={MASTER}"])
     # The UI's REST API gives the stage timings of the profile.
-    spark, _ = get_spark("ecominsight-etl-benchmark", MASTER,
+    return spark_session("ecominsight-etl-benchmark", MASTER,
                          {**config.spark.conf, "spark.ui.enabled": "true", **(extra_conf or {})})
-    return spark
 
 
 def spark_rest(spark, path: str) -> Any:
@@ -546,13 +549,14 @@ def main() -> None:
     if args.render_only:
         print(render(json.loads(args.output.read_text(encoding="utf-8"))))
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ecominsight.logs import setup_logging
+
+    setup_logging()
     for noisy in ("ecominsight", "py4j"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     CACHE.mkdir(parents=True, exist_ok=True)
     extra_conf = dict(pair.split("=", 1) for pair in args.spark_conf)
-    spark = spark_session(extra_conf)
-    try:
+    with benchmark_session(extra_conf) as spark:
         command = "benchmarks/etl.py " + " ".join(sys.argv[1:])
         results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "master": MASTER}, "commands": [command], "sizes": {}}
         if args.merge and args.output.exists():
@@ -570,8 +574,6 @@ def main() -> None:
         if not args.no_real:
             results["real"] = bench_real(spark, timeout_s=args.spark_timeout)
             _write(args.output, results)
-    finally:
-        spark.stop()
 
 
 def _write(path: Path, results: dict[str, Any]) -> None:

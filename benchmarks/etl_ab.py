@@ -59,12 +59,9 @@ def run(events: int, lake: Path, label: str, output: Path | None) -> dict[str, A
 
     etl = _etl_module()
     data = etl.synthetic_input(events)
-    spark = etl.spark_session()
-    try:
+    with etl.benchmark_session() as spark:
         result = etl.run_spark(spark, str(data / "preset.yaml"), lake_dir=lake, overrides=["fuse.cutoff=null"])
         result["sql_profile"] = sql_profile(spark, etl)
-    finally:
-        spark.stop()
     result = {"label": label, "ecominsight": str(Path(ecominsight.__file__).parent), "events": events, **result}
     if output is not None:
         runs = json.loads(output.read_text()) if output.exists() else []
@@ -123,14 +120,11 @@ def double_differences(spark, old: Path, new: Path, table: str) -> dict[str, Any
 
 def compare(old: Path, new: Path) -> bool:
     """True when the two lakes hold the same rows; prints the differences otherwise."""
-    from ecominsight.session import get_spark
+    from ecominsight.session import spark_session
 
-    spark, _ = get_spark("etl-ab-compare", "local[2]", {"spark.sql.shuffle.partitions": "8", "spark.ui.enabled": "false"})
-    try:
+    with spark_session("etl-ab-compare", "local[2]", {"spark.sql.shuffle.partitions": "8", "spark.ui.enabled": "false"}) as spark:
         a, b = fingerprint(spark, old), fingerprint(spark, new)
         doubles = {table: double_differences(spark, old, new, table) for table in ("user_sequences", "current_sequences")}
-    finally:
-        spark.stop()
     same = True
     for key in a:
         left, right = a[key], b[key]
@@ -167,7 +161,9 @@ def main() -> None:
     both.add_argument("old", type=Path)
     both.add_argument("new", type=Path)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    from ecominsight.logs import setup_logging
+
+    setup_logging(logging.WARNING)
     if args.command == "run":
         result = run(args.events, args.lake, args.label, args.output)
         print(json.dumps({k: v for k, v in result.items() if k not in ("spark_profile_top", "sql_profile")}, indent=1))

@@ -44,34 +44,34 @@ def main() -> None:
     from ecominsight.models.attribution import explain_users
     from ecominsight.models.classifier import NumericScaler, TextAndNumbersClassifier, save_classifier
     from ecominsight.models.transformer import load_tokenizer, resolve_pretrained
-    from ecominsight.session import get_spark
-    from ecominsight.stages import run_clean, run_fuse
+    from ecominsight.session import spark_session
+    from ecominsight.stages import run_stage
     from ecominsight.schema import NUMERIC_FEATURES
 
-    spark, _ = get_spark("explain-benchmark", "local[2]", {"spark.sql.shuffle.partitions": "4"})
-    config = load_config("local", [f"lake={WORK}"])
-    lake = Lake(config.lake_path)
-    if not lake.exists(CURRENT_SEQUENCES):
-        run_clean(spark, config, lake, "bench")
-        run_fuse(spark, config, lake, "bench")
-    current = lake.read(spark, CURRENT_SEQUENCES)
-    users = current.orderBy(F.desc(F.length("text")), "user_id").limit(args.users).repartition(2).localCheckpoint()
+    with spark_session("explain-benchmark", "local[2]", {"spark.sql.shuffle.partitions": "4"}) as spark:
+        config = load_config("local", [f"lake={WORK}"])
+        lake = Lake(config.lake_path)
+        if not lake.exists(CURRENT_SEQUENCES):
+            for stage in ("clean", "fuse"):
+                run_stage(stage, spark, config, lake, "bench")
+        current = lake.read(spark, CURRENT_SEQUENCES)
+        users = current.orderBy(F.desc(F.length("text")), "user_id").limit(args.users).repartition(2).localCheckpoint()
 
-    minilm = resolve_pretrained("minilm")
-    torch.manual_seed(0)
-    names = list(NUMERIC_FEATURES)
-    values = np.array([[r[n] for n in names] for r in current.select(*names).limit(500).collect()], dtype=float)
-    model = TextAndNumbersClassifier(AutoModel.from_pretrained(minilm), len(names))
-    model_dir = WORK / "classifier"
-    save_classifier(model, load_tokenizer(minilm, extra_tokens=[]), NumericScaler.fit(names, values), model_dir,
-                    max_length=args.max_length)
+        minilm = resolve_pretrained("minilm")
+        torch.manual_seed(0)
+        names = list(NUMERIC_FEATURES)
+        values = np.array([[r[n] for n in names] for r in current.select(*names).limit(500).collect()], dtype=float)
+        model = TextAndNumbersClassifier(AutoModel.from_pretrained(minilm), len(names))
+        model_dir = WORK / "classifier"
+        save_classifier(model, load_tokenizer(minilm, extra_tokens=[]), NumericScaler.fit(names, values), model_dir,
+                        max_length=args.max_length)
 
-    started = time.perf_counter()
-    rows = explain_users(users, str(model_dir), numeric_names=names, top_events=args.top_events,
-                         batch_size=args.batch_size).collect()
-    seconds = time.perf_counter() - started
-    occluded = [r["events_occluded"] for r in rows]
-    in_text = [r["n_events_in_text"] for r in users.select("n_events_in_text").collect()]
+        started = time.perf_counter()
+        rows = explain_users(users, str(model_dir), numeric_names=names, top_events=args.top_events,
+                             batch_size=args.batch_size).collect()
+        seconds = time.perf_counter() - started
+        occluded = [r["events_occluded"] for r in rows]
+        in_text = [r["n_events_in_text"] for r in users.select("n_events_in_text").collect()]
     passes = len(rows) + sum(occluded)
     result = {
         "command": "python " + " ".join(sys.argv),

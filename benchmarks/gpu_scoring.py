@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ecominsight.logs import setup_logging
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scoring import encoder_flops  # noqa: E402  (the FLOP count the CPU benchmark uses)
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     import torch
 
     from ecominsight.models.classifier import load_classifier

@@ -18,11 +18,15 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import ContextManager
+
+from pyspark.sql import SparkSession
 
 from ecominsight import synthetic
 from ecominsight.config import load_config
 from ecominsight.io import Lake
-from ecominsight.session import get_spark
+from ecominsight.logs import setup_logging
+from ecominsight.session import spark_session
 from ecominsight.stages import run_stage
 
 HERE = Path(__file__).resolve().parent
@@ -94,12 +98,12 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def start_spark(app_name: str):
-    """Logging, the offline hub and the local[2] session that every model benchmark runs in."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def model_benchmark_session(app_name: str) -> ContextManager[SparkSession]:
+    """Logging, the offline hub and the local[2] session that every model benchmark runs in, for a
+    `with` block."""
+    setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    spark, _ = get_spark(app_name, "local[2]", {"spark.ui.showConsoleProgress": "false", "spark.driver.memory": "6g"})
-    return spark
+    return spark_session(app_name, "local[2]", {"spark.ui.showConsoleProgress": "false", "spark.driver.memory": "6g"})
 
 
 def main() -> None:
@@ -115,39 +119,39 @@ def main() -> None:
         print(markdown_table(results))
         return
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    spark = start_spark("ecominsight-quality")
-    for name in args.datasets:
-        overrides = [f"lake={WORK / name / 'lake'}", *DATASETS[name], *args.overrides]
-        if name in PLANTED:
-            overrides.append(f"source.preset={prepare_planted(name, users=args.planted_users, seed=11)}")
-        config = load_config("local", overrides)
-        started = time.perf_counter()
-        summary = {}
-        for stage in ("clean", "fuse"):
-            summary.update({ran: result.to_dict() for ran, result in
-                            run_stage(stage, spark, config, Lake(config.lake_path), f"quality-{name}").items()})
-        by_split = summary["fuse"]["training_users_by_split"]
-        test = by_split.get("test", {"users": 0, "positives": 0})
-        if (test["positives"] or 0) < MIN_TEST_POSITIVES:
-            results[name] = {"_meta": {"skipped": f"{test['positives'] or 0} positives among {test['users']} test users "
-                                                  f"(fewer than {MIN_TEST_POSITIVES}); users/positives by split: {by_split}",
-                                       "overrides": overrides, "training_users_by_split": by_split}}
+    with model_benchmark_session("ecominsight-quality") as spark:
+        for name in args.datasets:
+            overrides = [f"lake={WORK / name / 'lake'}", *DATASETS[name], *args.overrides]
+            if name in PLANTED:
+                overrides.append(f"source.preset={prepare_planted(name, users=args.planted_users, seed=11)}")
+            config = load_config("local", overrides)
+            started = time.perf_counter()
+            summary = {}
+            for stage in ("clean", "fuse"):
+                summary.update({ran: result.to_dict() for ran, result in
+                                run_stage(stage, spark, config, Lake(config.lake_path), f"quality-{name}").items()})
+            by_split = summary["fuse"]["training_users_by_split"]
+            test = by_split.get("test", {"users": 0, "positives": 0})
+            if (test["positives"] or 0) < MIN_TEST_POSITIVES:
+                results[name] = {"_meta": {"skipped": f"{test['positives'] or 0} positives among {test['users']} test users "
+                                                      f"(fewer than {MIN_TEST_POSITIVES}); users/positives by split: {by_split}",
+                                           "overrides": overrides, "training_users_by_split": by_split}}
+                RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True))
+                logging.info("%s: skipped, %s", name, results[name]["_meta"]["skipped"])
+                continue
+            summary["train"] = run_stage("train", spark, config, Lake(config.lake_path), f"quality-{name}")["train"].to_dict()
+            results[name] = {model: {**{key: summary["train"][model]["test"].get(key) for key in REPORTED},
+                                     "n_test": summary["train"][model]["test"]["n"]} for model in MODELS}
+            results[name]["_meta"] = {"seconds": round(time.perf_counter() - started, 1), "overrides": overrides,
+                                      "transformer_best_epoch": summary["train"]["transformer"]["best_epoch"],
+                                      # LR and GBT always fit the whole train split; the transformer may be capped
+                                      "transformer_n_train": summary["train"]["transformer"]["n_train"],
+                                      "transformer_n_train_available": summary["train"]["transformer"]["n_train_available"],
+                                      "transformer_epoch_seconds": [round(h["seconds"], 1) for h in
+                                                                    summary["train"]["transformer"]["history"]],
+                                      "training_users_by_split": summary["fuse"]["training_users_by_split"]}
             RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True))
-            logging.info("%s: skipped, %s", name, results[name]["_meta"]["skipped"])
-            continue
-        summary["train"] = run_stage("train", spark, config, Lake(config.lake_path), f"quality-{name}")["train"].to_dict()
-        results[name] = {model: {**{key: summary["train"][model]["test"].get(key) for key in REPORTED},
-                                 "n_test": summary["train"][model]["test"]["n"]} for model in MODELS}
-        results[name]["_meta"] = {"seconds": round(time.perf_counter() - started, 1), "overrides": overrides,
-                                  "transformer_best_epoch": summary["train"]["transformer"]["best_epoch"],
-                                  # LR and GBT always fit the whole train split; the transformer may be capped
-                                  "transformer_n_train": summary["train"]["transformer"]["n_train"],
-                                  "transformer_n_train_available": summary["train"]["transformer"]["n_train_available"],
-                                  "transformer_epoch_seconds": [round(h["seconds"], 1) for h in
-                                                                summary["train"]["transformer"]["history"]],
-                                  "training_users_by_split": summary["fuse"]["training_users_by_split"]}
-        RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True))
-        logging.info("%s: %s", name, {m: results[name][m]["roc_auc"] for m in MODELS})
+            logging.info("%s: %s", name, {m: results[name][m]["roc_auc"] for m in MODELS})
     print(markdown_table(results))
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ecominsight.logs import setup_logging
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RESULTS = Path(__file__).resolve().parent / "results" / "scoring.json"
 log = logging.getLogger("benchmarks.scoring")
@@ -177,7 +179,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3,
                         help="rounds of every timed pass, interleaved; each figure is its fastest round")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     from sklearn.metrics import roc_auc_score
 
     from ecominsight.catalog import CURRENT_SEQUENCES, USER_SEQUENCES
@@ -193,32 +195,30 @@ def main() -> None:
     test = pd.read_parquet(lake.table_path(USER_SEQUENCES)).query("split == 'test'").reset_index(drop=True)
 
     from ecominsight.models.inference import export_onnx
-    from ecominsight.session import get_spark
+    from ecominsight.session import spark_session
 
     model, _, _, _ = load_classifier(model_dir)
     export_onnx(model_dir)  # once per model version, as the score stage does on the driver
-    session, created = get_spark("ecominsight-scoring-bench", "local[2]", {"spark.ui.showConsoleProgress": "false"})
-    # Every timed pass runs once per round, the rounds interleaved, and each figure is its fastest
-    # round: on a shared machine the minimum is the run least disturbed by others.
-    passes = {
-        "gemm": lambda: gemm_gflops(threads=2),
-        "plain": lambda: plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2),
-        "plain_two_processes": lambda: plain_two_processes(model_dir, frame, batch_size=args.batch_size),
-        "spark": lambda: spark_scoring(session, model_dir, frame, batch_size=args.batch_size),
-        "spark_previous": lambda: spark_scoring(session, model_dir, frame, batch_size=args.batch_size,
-                                                previous_setting=True),
-        "spark_onnx": lambda: spark_scoring(session, model_dir, frame, batch_size=args.batch_size, precision="onnx"),
-        "unbucketed": lambda: plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2, bucket=False),
-        "int8": lambda: plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2, precision="int8"),
-        "onnx": lambda: plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2, precision="onnx"),
-    }
-    rounds: dict[str, list] = {name: [] for name in passes}
-    for round_number in range(args.repeats):
-        for name, run in passes.items():
-            rounds[name].append(run())
-        log.info("round %d of %d done", round_number + 1, args.repeats)
-    if created:
-        session.stop()
+    with spark_session("ecominsight-scoring-bench", "local[2]", {"spark.ui.showConsoleProgress": "false"}) as session:
+        # Every timed pass runs once per round, the rounds interleaved, and each figure is its fastest
+        # round: on a shared machine the minimum is the run least disturbed by others.
+        passes = {
+            "gemm": lambda: gemm_gflops(threads=2),
+            "plain": lambda: plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2),
+            "plain_two_processes": lambda: plain_two_processes(model_dir, frame, batch_size=args.batch_size),
+            "spark": lambda: spark_scoring(session, model_dir, frame, batch_size=args.batch_size),
+            "spark_previous": lambda: spark_scoring(session, model_dir, frame, batch_size=args.batch_size,
+                                                    previous_setting=True),
+            "spark_onnx": lambda: spark_scoring(session, model_dir, frame, batch_size=args.batch_size, precision="onnx"),
+            "unbucketed": lambda: plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2, bucket=False),
+            "int8": lambda: plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2, precision="int8"),
+            "onnx": lambda: plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2, precision="onnx"),
+        }
+        rounds: dict[str, list] = {name: [] for name in passes}
+        for round_number in range(args.repeats):
+            for name, run in passes.items():
+                rounds[name].append(run())
+            log.info("round %d of %d done", round_number + 1, args.repeats)
 
     def fastest(name: str):
         """The fastest round's result (seconds, or (seconds, probabilities) for plain loops)."""

@@ -17,7 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from quality import DATASETS, WORK, start_spark
+from quality import DATASETS, WORK, model_benchmark_session
 
 from ecominsight.config import load_config
 from ecominsight.io import Lake
@@ -51,39 +51,38 @@ def main() -> None:
     # Every lever's test figures stay in the work folder, out of the published results, until a lever is chosen.
     sealed = WORK / f"{args.results.stem}-sealed.json"
     results = json.loads(sealed.read_text()) if sealed.is_file() else {}
-    spark = start_spark("ecominsight-sweep")
-    base = [f"lake={WORK / args.dataset / 'lake'}", *DATASETS[args.dataset], *args.overrides]
-    config = load_config("local", base)
-    lake = Lake(config.lake_path)
-    for stage in ("clean", "fuse"):
-        run_stage(stage, spark, config, lake, f"sweep-{args.dataset}")
+    with model_benchmark_session("ecominsight-sweep") as spark:
+        base = [f"lake={WORK / args.dataset / 'lake'}", *DATASETS[args.dataset], *args.overrides]
+        config = load_config("local", base)
+        lake = Lake(config.lake_path)
+        for stage in ("clean", "fuse"):
+            run_stage(stage, spark, config, lake, f"sweep-{args.dataset}")
 
-    entry = results.setdefault(args.dataset, {"levers": {}})
-    entry["base_overrides"] = [f"lake={WORK / args.dataset / 'lake'}", *DATASETS[args.dataset]]
-    for lever in args.levers:
-        started = time.perf_counter()
-        summary = run_stage("train", spark, load_config("local", [*base, *LEVERS[lever]]), lake,
-                            f"sweep-{args.dataset}-{lever}")["train"].to_dict()
-        transformer = summary["transformer"]
-        entry["levers"][lever] = {
-            "overrides": [*args.overrides, *LEVERS[lever]],  # beyond the data set's own (base_overrides)
-            "valid_roc_auc": transformer["valid"]["roc_auc"],
-            "valid_roc_auc_ci": transformer["valid"]["roc_auc_ci"],
-            "best_epoch": transformer["best_epoch"],
-            "valid_by_epoch": [round(h["valid_selection_score"], 4) for h in transformer["history"]],
-            "epoch_seconds": [round(h["seconds"], 1) for h in transformer["history"]],
-            "n_train": transformer["n_train"],
-            "code_version": registry.code_version(),
-            "seconds": round(time.perf_counter() - started, 1),
-            # the baselines' validation figures of the same run, for scale
-            "valid_roc_auc_lr": summary["lr"]["valid"]["roc_auc"],
-            "valid_roc_auc_gbt": summary["gbt"]["valid"]["roc_auc"],
-            "_test": {model: summary[model]["test"]["roc_auc"] for model in ("lr", "gbt", "transformer")},
-        }
-        log.info("%s %s: valid ROC-AUC %.4f (epochs %s)", args.dataset, lever, transformer["valid"]["roc_auc"],
-                 entry["levers"][lever]["valid_by_epoch"])
-        _write(results, published=args.results, sealed=sealed)
-    spark.stop()
+        entry = results.setdefault(args.dataset, {"levers": {}})
+        entry["base_overrides"] = [f"lake={WORK / args.dataset / 'lake'}", *DATASETS[args.dataset]]
+        for lever in args.levers:
+            started = time.perf_counter()
+            summary = run_stage("train", spark, load_config("local", [*base, *LEVERS[lever]]), lake,
+                                f"sweep-{args.dataset}-{lever}")["train"].to_dict()
+            transformer = summary["transformer"]
+            entry["levers"][lever] = {
+                "overrides": [*args.overrides, *LEVERS[lever]],  # beyond the data set's own (base_overrides)
+                "valid_roc_auc": transformer["valid"]["roc_auc"],
+                "valid_roc_auc_ci": transformer["valid"]["roc_auc_ci"],
+                "best_epoch": transformer["best_epoch"],
+                "valid_by_epoch": [round(h["valid_selection_score"], 4) for h in transformer["history"]],
+                "epoch_seconds": [round(h["seconds"], 1) for h in transformer["history"]],
+                "n_train": transformer["n_train"],
+                "code_version": registry.code_version(),
+                "seconds": round(time.perf_counter() - started, 1),
+                # the baselines' validation figures of the same run, for scale
+                "valid_roc_auc_lr": summary["lr"]["valid"]["roc_auc"],
+                "valid_roc_auc_gbt": summary["gbt"]["valid"]["roc_auc"],
+                "_test": {model: summary[model]["test"]["roc_auc"] for model in ("lr", "gbt", "transformer")},
+            }
+            log.info("%s %s: valid ROC-AUC %.4f (epochs %s)", args.dataset, lever, transformer["valid"]["roc_auc"],
+                     entry["levers"][lever]["valid_by_epoch"])
+            _write(results, published=args.results, sealed=sealed)
 
 
 def _write(results: dict, *, published: Path, sealed: Path) -> None:

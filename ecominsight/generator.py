@@ -14,15 +14,14 @@ ecominsight.synthetic is different: small sets with a *planted* label signal for
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
 import math
 import shutil
-import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +29,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -203,26 +205,34 @@ def load_profile(path: str | Path | None = None) -> dict[str, Any]:
     return profile
 
 
-def clean_tables_of_preset(preset: str, workdir: str | Path, *, master: str = "local[2]") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run the clean stage of `preset` into a lake under `workdir`; its clean events and users as pandas."""
+def save_profile(profile: dict[str, Any], path: str | Path) -> None:
+    """Write `profile` as JSON to `path`, for `load_profile` (or `generate --profile`) to read back."""
+    Path(path).write_text(json.dumps(profile, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def clean_tables_of_preset(spark: SparkSession, preset: str, workdir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run the clean stage of `preset` in `spark` into a lake under `workdir`; its clean events and
+    users as pandas."""
     from ecominsight.catalog import CLEAN_EVENTS, CLEAN_USERS
     from ecominsight.config import load_config
     from ecominsight.io import Lake
-    from ecominsight.session import get_spark
-    from ecominsight.stages import run_clean
+    from ecominsight.stages import run_stage
 
-    config = load_config("local", [f"source.preset={preset}", f"lake={workdir}", f"spark.master={master}"])
+    config = load_config("local", [f"source.preset={preset}", f"lake={workdir}"])
     lake = Lake(config.lake_path)
-    spark, created = get_spark(config.spark.app_name, config.spark.master, config.spark.conf)
-    try:
-        run_clean(spark, config, lake, f"fit-{preset}")
-    finally:
-        if created:
-            spark.stop()
+    run_stage("clean", spark, config, lake, f"fit-{preset}")
     columns = ["user_id", "ts", "event_type", "item_id", "category", "price", "quantity"]
     events = pd.read_parquet(lake.table_path(CLEAN_EVENTS), columns=columns)
     users = pd.read_parquet(lake.table_path(CLEAN_USERS))
     return events, users
+
+
+def profile_of_preset(spark: SparkSession, preset: str) -> dict[str, Any]:
+    """The profile fitted to the clean tables of source preset `preset` (cleaned in `spark`, in a
+    temporary lake)."""
+    with tempfile.TemporaryDirectory(prefix="ecominsight-fit-") as workdir:
+        events, users = clean_tables_of_preset(spark, preset, workdir)
+    return fit_profile(events, users, source=preset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,51 +508,3 @@ def write_preset(out: str | Path, fmt: str) -> Path:
     path = out / "preset.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line: `ecominsight generate ...`
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ecominsight generate",
-                                     description="write synthetic users/events/items fitted to a real sample")
-    parser.add_argument("--events", type=int, required=True, help="event rows to write (planted bad rows included)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--format", choices=FORMATS, default="parquet")
-    parser.add_argument("--out", required=True, help="output folder (replaced)")
-    parser.add_argument("--bad-fraction", type=float, default=0.001,
-                        help="share of planted bad rows: duplicates, missing user ids, unparseable times")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--profile", help="a profile JSON (default: the shipped one)")
-    source.add_argument("--fit-from", metavar="PRESET", help="fit the profile from this source preset's clean tables")
-    parser.add_argument("--save-profile", help="also write the profile used to this JSON file")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`ecominsight generate`: fit or load a profile, write the files, print the manifest."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if args.fit_from:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="ecominsight-fit-") as workdir:
-            events, users = clean_tables_of_preset(args.fit_from, workdir)
-        profile = fit_profile(events, users, source=args.fit_from)
-    else:
-        try:
-            profile = load_profile(args.profile)
-        except (OSError, ValueError) as err:
-            log.error("cannot read profile: %s", err)
-            return 2
-    if args.save_profile:
-        Path(args.save_profile).write_text(json.dumps(profile, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    try:
-        manifest = generate(profile, n_events=args.events, seed=args.seed, out=args.out, fmt=args.format,
-                            bad_fraction=args.bad_fraction)
-    except ValueError as err:
-        log.error("generate: %s", err)
-        return 2
-    print(json.dumps(manifest, indent=2, sort_keys=True))
-    return 0

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from pyspark.sql import SparkSession
 
@@ -43,14 +44,26 @@ def launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def get_spark(app_name: str = "ecominsight", master: str | None = None,
-              conf: Mapping[str, str] | None = None, *,
-              embedded_metastore: str | Path | None = None) -> tuple[SparkSession, bool]:
-    """Return `(session, created)`: the active session if there is one (Databricks, a notebook,
-    spark-submit's), else a new one. Only the caller that created a session may stop it.
-    `master` (and a `spark.master` in `conf`) applies only when Python starts Spark itself: under
-    spark-submit, its --master always wins.
+@contextmanager
+def spark_session(app_name: str = "ecominsight", master: str | None = None,
+                  conf: Mapping[str, str] | None = None, *,
+                  embedded_metastore: str | Path | None = None) -> Iterator[SparkSession]:
+    """The active session if there is one (Databricks, a notebook, spark-submit's), else a new one,
+    for the `with` block. A session started here is stopped when the block ends; one found active
+    is left running for whoever started it. `master` (and a `spark.master` in `conf`) applies only
+    when Python starts Spark itself: under spark-submit, its --master always wins.
     `embedded_metastore`: a directory for a local Hive metastore (new sessions only)."""
+    spark, created = _active_or_new(app_name, master, conf, embedded_metastore)
+    try:
+        yield spark
+    finally:
+        if created:
+            spark.stop()
+
+
+def _active_or_new(app_name: str, master: str | None, conf: Mapping[str, str] | None,
+                   embedded_metastore: str | Path | None) -> tuple[SparkSession, bool]:
+    """`(session, created)`: the active session with REQUIRED_SQL_CONF set, or a new one."""
     active = SparkSession.getActiveSession()
     if active is not None:
         for key, value in REQUIRED_SQL_CONF.items():

@@ -17,16 +17,14 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def spark():
-    from ecominsight.session import get_spark
+    from ecominsight.session import spark_session
 
-    session, created = get_spark(
+    with spark_session(
         "ecominsight-tests", "local[2]",
         {"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "spark.default.parallelism": "2",
          "spark.driver.extraJavaOptions": f"-Dderby.system.home={REPO / '.pytest_cache'}"},
-    )
-    yield session
-    if created:
-        session.stop()
+    ) as session:
+        yield session
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from ecominsight.cli import main
+from ecominsight.stages import STAGES
 from tests.conftest import REPO
 
 
@@ -82,3 +83,56 @@ def test_log_lines_and_logged_config_mask_secrets(caplog):
     record = logging.LogRecord("t", logging.INFO, __file__, 1, "token %s and %s", ("dapi123456", "very-secret"), None)
     RedactSecrets({"dapi123456", "very-secret"}).filter(record)
     assert record.getMessage() == "token *** and ***"
+
+
+def test_help_lists_every_stage_and_generate_which_is_not_a_stage():
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    for command in (*STAGES, "generate"):
+        assert f"\n    {command} " in result.stdout, command
+    assert "generate" not in STAGES
+    generate_help = run_cli("generate", "--help")
+    assert generate_help.returncode == 0 and "--fit-from PRESET" in generate_help.stdout
+
+
+def test_a_stage_entry_point_takes_only_the_stage_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main("clean", ["--events", "10"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --events" in capsys.readouterr().err
+
+
+def test_spark_session_reuses_the_active_session_and_leaves_it_running(spark):
+    from ecominsight.session import REQUIRED_SQL_CONF, spark_session
+
+    spark.conf.set("spark.sql.session.timeZone", "Europe/Paris")
+    with spark_session("another-name") as session:
+        assert session is spark
+        assert session.conf.get("spark.sql.session.timeZone") == REQUIRED_SQL_CONF["spark.sql.session.timeZone"]
+    assert spark.range(3).count() == 3  # not stopped: the fixture created it, so the fixture stops it
+
+
+def run_python(*lines: str) -> subprocess.CompletedProcess:
+    """The lines as a script in a fresh interpreter: no session, no logging set up before them."""
+    result = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_spark_session_stops_the_session_it_created():
+    result = run_python("from pyspark.sql import SparkSession",
+                        "from ecominsight.session import spark_session",
+                        "with spark_session('stop-test', 'local[1]', {'spark.ui.enabled': 'false'}) as spark:",
+                        "    assert spark.range(2).count() == 2",
+                        "print('active after:', SparkSession.getActiveSession())")
+    assert "active after: None" in result.stdout
+
+
+def test_setup_logging_twice_keeps_one_handler():
+    result = run_python("import logging",
+                        "from ecominsight.logs import setup_logging",
+                        "setup_logging(); setup_logging()",
+                        "logging.getLogger('ecominsight.probe').info('hello once')",
+                        "print(len(logging.getLogger().handlers))")
+    assert result.stdout.strip() == "1"
+    assert result.stderr.count("INFO ecominsight.probe: hello once") == 1

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -43,14 +44,15 @@ def write_version(lake_root: str, zone: str, version: str, seconds_per_partition
     """Write the probe rows to <zone>/probe as the stages write: `features` as a whole-table
     overwrite, `scores` partitioned by day (dynamic partition overwrite). Without `spark` (in a
     child process) it starts its own session."""
-    if spark is None:
-        from ecominsight.session import get_spark
+    from ecominsight.session import spark_session
 
-        # Without adaptive execution Spark sets up the write job (and its staging folder) before it
-        # runs the slow stage ahead of Lake.write's shuffle, so the kill lands inside the write.
-        spark, _ = get_spark("fault-probe", "local[2]", {"spark.ui.enabled": "false", "spark.sql.adaptive.enabled": "false"})
-    rows = probe_rows(spark, version, float(seconds_per_partition))
-    Lake(lake_root).write(rows, probe_table(zone))
+    # Without adaptive execution Spark sets up the write job (and its staging folder) before it
+    # runs the slow stage ahead of Lake.write's shuffle, so the kill lands inside the write.
+    session = nullcontext(spark) if spark is not None else spark_session(
+        "fault-probe", "local[2]", {"spark.ui.enabled": "false", "spark.sql.adaptive.enabled": "false"})
+    with session as spark:
+        rows = probe_rows(spark, version, float(seconds_per_partition))
+        Lake(lake_root).write(rows, probe_table(zone))
 
 
 def _writer_process(lake_root: Path, zone: str, version: str, seconds_per_partition: float) -> subprocess.Popen:
@@ -183,11 +185,11 @@ def test_a_full_disk_fails_clearly_and_leaves_no_partial_table(full_disk):
 def score_in_child(lake_root: str) -> None:
     """Run in a child process: the score stage (full mode) on a lake, with up to 4 attempts per task."""
     from ecominsight.config import load_config
-    from ecominsight.session import get_spark
+    from ecominsight.session import spark_session
     from ecominsight.stages import run_score
 
-    spark, _ = get_spark("fault-score", "local[2,4]", {"spark.ui.enabled": "false"})
-    print(json.dumps(run_score(spark, load_config("local", [f"lake={lake_root}"]), Lake(lake_root), "fault-score").to_dict()))
+    with spark_session("fault-score", "local[2,4]", {"spark.ui.enabled": "false"}) as spark:
+        print(json.dumps(run_score(spark, load_config("local", [f"lake={lake_root}"]), Lake(lake_root), "fault-score").to_dict()))
 
 
 def _parent(pid: int) -> int | None:

@@ -45,21 +45,21 @@ def _plain(value):
 def query_in_fresh_session(metastore: str, queries_file: str, out_file: str) -> None:
     """Run in a new Python process: a new Spark session on the embedded metastore only (no lake
     path given), so the tables must come from the metastore. Writes rows and scan metrics as JSON."""
-    from ecominsight.session import get_spark
+    from ecominsight.session import spark_session
 
     # Without adaptive execution the executed plan is final, so the scan's metrics can be read off it.
-    spark, _ = get_spark("warehouse-test", "local[1]", {"spark.sql.adaptive.enabled": "false", "spark.ui.enabled": "false"},
-                         embedded_metastore=metastore)
-    queries = json.loads(Path(queries_file).read_text())
-    result = {"rows": {name: [[_plain(v) for v in row] for row in spark.sql(sql).collect()] for name, sql in queries.items()}}
-    pruned = spark.sql(PRUNED_QUERY)
-    result["pruned_rows"] = pruned.collect()[0][0]
-    leaves = pruned._jdf.queryExecution().executedPlan().collectLeaves()
-    scans = [leaves.apply(i) for i in range(leaves.size())]
-    result["scan_partitions_read"] = [scan.metrics().apply("numPartitions").value() for scan in scans
-                                      if scan.metrics().contains("numPartitions")]
-    result["partitions"] = [r[0] for r in spark.sql("SHOW PARTITIONS ecominsight.scores_user_scores").collect()]
-    result["tables"] = sorted(r["tableName"] for r in spark.sql("SHOW TABLES IN ecominsight").collect())
+    with spark_session("warehouse-test", "local[1]", {"spark.sql.adaptive.enabled": "false", "spark.ui.enabled": "false"},
+                       embedded_metastore=metastore) as spark:
+        queries = json.loads(Path(queries_file).read_text())
+        result = {"rows": {name: [[_plain(v) for v in row] for row in spark.sql(sql).collect()] for name, sql in queries.items()}}
+        pruned = spark.sql(PRUNED_QUERY)
+        result["pruned_rows"] = pruned.collect()[0][0]
+        leaves = pruned._jdf.queryExecution().executedPlan().collectLeaves()
+        scans = [leaves.apply(i) for i in range(leaves.size())]
+        result["scan_partitions_read"] = [scan.metrics().apply("numPartitions").value() for scan in scans
+                                          if scan.metrics().contains("numPartitions")]
+        result["partitions"] = [r[0] for r in spark.sql("SHOW PARTITIONS ecominsight.scores_user_scores").collect()]
+        result["tables"] = sorted(r["tableName"] for r in spark.sql("SHOW TABLES IN ecominsight").collect())
     Path(out_file).write_text(json.dumps(result))
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ecominsight.logs import setup_logging
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ["Invoice", "StockCode", "Description", "Quantity", "InvoiceDate", "Price", "Customer ID", "Country"]
@@ -44,7 +46,7 @@ def main() -> None:
     parser.add_argument("--guest-invoices", type=int, default=30)
     parser.add_argument("--seed", type=int, default=2011)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
+    setup_logging()
     sample = build(args.source_dir, customers=args.customers, guest_invoices=args.guest_invoices, seed=args.seed)
     sample.to_parquet(OUTPUT, index=False, compression="zstd")
     log.info("wrote %d rows, %d customers to %s", len(sample), sample["Customer ID"].nunique(), OUTPUT)

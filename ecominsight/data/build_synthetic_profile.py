@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 
-from ecominsight.generator import DEFAULT_PROFILE, clean_tables_of_preset, combine_profiles, fit_profile
-from ecominsight.session import get_spark
+from ecominsight.generator import DEFAULT_PROFILE, combine_profiles, profile_of_preset
+from ecominsight.logs import setup_logging
+from ecominsight.session import spark_session
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +26,9 @@ TIME = {"start": "2023-01-01", "span_days": 365}
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO)
-    spark, _ = get_spark("fit-synthetic-profile", "local[2]", {"spark.sql.shuffle.partitions": "8"})
-    fitted = {}
-    try:
-        for preset in (BEHAVIOUR, PRICES, AGE_GENDER):
-            with tempfile.TemporaryDirectory(prefix="ecominsight-fit-") as workdir:
-                events, users = clean_tables_of_preset(preset, workdir)
-            fitted[preset] = fit_profile(events, users, source=preset)
-    finally:
-        spark.stop()
+    setup_logging()
+    with spark_session("fit-synthetic-profile", "local[2]", {"spark.sql.shuffle.partitions": "8"}) as spark:
+        fitted = {preset: profile_of_preset(spark, preset) for preset in (BEHAVIOUR, PRICES, AGE_GENDER)}
     profile = combine_profiles(fitted[BEHAVIOUR], prices=fitted[PRICES], time=TIME,
                                users={"age": fitted[AGE_GENDER], "gender": fitted[AGE_GENDER], "region": fitted[PRICES]})
     DEFAULT_PROFILE.write_text(json.dumps(profile, indent=1, sort_keys=True) + "\n", encoding="utf-8")
