@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
+from ecominsight.catalog import USER_SCORES
 from ecominsight.cli import main
 from ecominsight.io import Lake
 from ecominsight.privacy import KEY_ENV
@@ -73,7 +74,7 @@ def test_privacy_error(spark, tmp_path, monkeypatch, caplog):
     # insights resolves the pseudonym key as soon as it has found the day's scores: a one-row
     # scores table is the least lake that reaches it.
     scores = spark.createDataFrame([("u1", 0.5, dt.date(2020, 3, 1))], "user_id string, probability double, score_date date")
-    Lake(tmp_path).write(scores, "scores", "user_scores", partition_by=["score_date"])
+    Lake(tmp_path).write(scores, USER_SCORES)
     monkeypatch.setenv(KEY_ENV, "too-short")
     assert main("insights", settings(tmp_path)) == 2
     assert_one_error_line(caplog, f"insights failed: {KEY_ENV} is shorter than 16 bytes")
