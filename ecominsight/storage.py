@@ -6,9 +6,9 @@ Input: a lake URI as the user gives it (a plain path, file://, s3a://, s3://, ab
 hdfs://, dbfs:/, /Volumes/...). Output: a `StoragePath` (an fsspec filesystem + a path on it) with the
 few operations the lake needs, and `spark_conf_for(uri)`: the Spark settings for that store.
 
-Why fsspec and not pyarrow.fs (checked with pyarrow 26.0.1 / fsspec 2026.9.0): fsspec names every
-scheme Spark uses (s3a:// is an s3fs protocol; pyarrow refuses it, and dbfs:/), and its S3, GCS and
-Azure backends offer a conditional create (`pipe_file(mode="create")`: S3 `If-None-Match: *`, GCS
+Why fsspec and not pyarrow.fs (checked with pyarrow 26.0.1 / fsspec 2026.9.0): fsspec knows the
+schemes Spark uses (s3a:// is an s3fs protocol; pyarrow.fs refuses s3a:// and dbfs:/), and its S3, GCS
+and Azure backends offer a conditional create (`pipe_file(mode="create")`: S3 `If-None-Match: *`, GCS
 `ifGenerationMatch=0`, Azure `If-None-Match`) that pyarrow.fs has no call for. It is already in every
 install (torch depends on it); the store backends are optional extras (s3fs, gcsfs, adlfs), and
 hdfs:// goes through pyarrow's libhdfs binding underneath. s3fs reads the same AWS_* environment
@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import fsspec
 
-from ecominsight.errors import LakeError
+from ecominsight.errors import ConfigError, LakeError
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,9 @@ _PROTOCOLS = {
     "abfss": "abfs", "abfs": "abfs", "az": "abfs",
     "hdfs": "hdfs",
 }
-# Where a single PUT replaces an object whole, so a reader sees the old bytes or the new ones.
+# Where a single PUT replaces an object whole, so a reader sees the old bytes or the new ones, and
+# whose backends make pipe_file(mode="create") a server-side conditional create.
 _OBJECT_STORES = {"s3", "gs", "abfs"}
-# The backends whose pipe_file(mode="create") is a server-side conditional create.
-_CONDITIONAL_CREATE = _OBJECT_STORES
 # Databricks mounts DBFS at /dbfs and Unity Catalog volumes at /Volumes on every node of a cluster.
 _DBFS_MOUNT = "/dbfs"
 
@@ -90,9 +89,10 @@ def spark_conf_for(lake_uri: str, *, endpoint: str | None = None, region: str | 
                    path_style: bool | None = None, committer: str = "magic",
                    jars: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
     """Spark settings for writing tables under `lake_uri`: {} for a local, HDFS or Databricks lake
-    (with `jars`: those and CLASSIC_COMMIT, see below).
+    (with `jars`: those and CLASSIC_COMMIT, see below), and for s3:// (EMRFS on EMR, with its own
+    committer).
 
-    s3a:// (and s3://): the S3A committers through spark-hadoop-cloud's PathOutputCommitProtocol, so
+    s3a://: the S3A committers through spark-hadoop-cloud's PathOutputCommitProtocol, so
     a job's files appear at job commit by completing multipart uploads, never by renaming.
     `committer`: "magic" (default: needs nothing but the bucket) or "directory"/"partitioned" (stage
     on local disk and keep their pending uploads on the cluster's default filesystem, which must be
@@ -101,8 +101,8 @@ def spark_conf_for(lake_uri: str, *, endpoint: str | None = None, region: str | 
     Credentials are never put in the conf: Hadoop's default S3A chain reads AWS_ACCESS_KEY_ID /
     AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN from the environment, then the instance's role.
 
-    gs:// and abfss://: the same commit protocol; Hadoop's mapred-default binds those schemes to its
-    manifest committer (gcs-connector / hadoop-azure come with the platform).
+    gs:// and abfss://: the same commit protocol; Hadoop 3.5's mapred-default binds those schemes to
+    its manifest committer (gcs-connector / hadoop-azure come with the platform; not exercised here).
 
     `jars` (e.g. cached_cloud_jars()) become spark.jars: they reach a session only when its JVM starts.
     Once spark-hadoop-cloud is on the classpath, Spark 4.3 itself switches every write of the session
@@ -118,9 +118,9 @@ def spark_conf_for(lake_uri: str, *, endpoint: str | None = None, region: str | 
     conf: dict[str, str] = {}
     if jars:
         conf["spark.jars"] = ",".join(jars)
-    if _PROTOCOLS.get(scheme) == "s3":
+    if scheme == "s3a":
         if committer not in S3A_COMMITTERS:
-            raise LakeError(f"unknown S3A committer {committer!r}: use one of {', '.join(S3A_COMMITTERS)}")
+            raise ConfigError(f"unknown S3A committer {committer!r}: use one of {', '.join(S3A_COMMITTERS)}")
         endpoint = endpoint or _env_endpoint()
         region = region or _env_region()
         conf.update(_CLOUD_COMMIT)
@@ -145,8 +145,10 @@ def partition_replace_options(lake_uri: str) -> tuple[str, dict[str, str]]:
     options). Where Spark's dynamic partition overwrite works: ("overwrite", {}) with
     spark.sql.sources.partitionOverwriteMode=dynamic. On s3a://, where the S3A committers refuse it:
     the partitioned staging committer in conflict mode "replace" with mode "append", which deletes
-    the partitions it writes into at job commit and leaves the others."""
-    if _PROTOCOLS.get(urlsplit(str(lake_uri)).scheme.lower()) == "s3":
+    the partitions it writes into at job commit and leaves the others. Not atomic per partition: a
+    reader between the delete and the uploads' completion sees the partition empty. Like the
+    directory committer, it keeps pending uploads on the cluster's default filesystem."""
+    if urlsplit(str(lake_uri)).scheme.lower() == "s3a":
         return "append", {"fs.s3a.committer.name": "partitioned",
                           "fs.s3a.committer.staging.conflict-mode": "replace"}
     return "overwrite", {}
@@ -194,7 +196,7 @@ class StoragePath:
     def atomic_create(self) -> bool:
         """True when create_if_absent is decided by the store itself (local O_EXCL/link, S3, GCS,
         Azure); False (HDFS through libhdfs) when it is a check then a write: single writer only."""
-        return self.is_local or bool(_protocols(self.fs) & _CONDITIONAL_CREATE)
+        return self.is_local or bool(_protocols(self.fs) & _OBJECT_STORES)
 
     @property
     def name(self) -> str:
@@ -314,32 +316,32 @@ class StoragePath:
         # Spark's JVM writes to the same bucket: a listing cached by this client may be stale.
         self.fs.invalidate_cache(self.path)
 
-    def _local_write(self, data: bytes) -> None:
+    def _local_staged(self, data: bytes) -> str:
+        """`data` in a new hidden temp file beside the target (same folder: same filesystem)."""
         target = Path(self.path)
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp",
                                          delete=False) as handle:
             handle.write(data)
-        os.replace(handle.name, target)
+        return handle.name
+
+    def _local_write(self, data: bytes) -> None:
+        os.replace(self._local_staged(data), self.path)
 
     def _local_create(self, data: bytes) -> bool:
-        target = Path(self.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp",
-                                         delete=False) as handle:
-            handle.write(data)
+        staged = self._local_staged(data)
         try:
             # A hard link never replaces an existing name, and the file it names is already complete.
-            os.link(handle.name, target)
+            os.link(staged, self.path)
             return True
         except FileExistsError:
             return False
         except OSError as err:
             if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
                 raise
-            return _exclusive_create(target, data)  # a mount without hard links (FUSE): O_EXCL
+            return _exclusive_create(Path(self.path), data)  # a mount without hard links (FUSE): O_EXCL
         finally:
-            os.unlink(handle.name)
+            os.unlink(staged)
 
 
 def _exclusive_create(target: Path, data: bytes) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ecominsight.errors import LakeError
+from ecominsight.errors import ConfigError, LakeError
 from ecominsight.storage import (CLASSIC_COMMIT, StoragePath, partition_replace_options, resolve, spark_conf_for,
                                  storage_options_from_hadoop)
 
@@ -229,8 +229,8 @@ def test_spark_conf_for_s3a_binds_the_cloud_committers_and_the_endpoint(monkeypa
     assert not any("key" in name or "secret" in name for name in conf)  # credentials stay in the environment
 
 
-def test_spark_conf_for_local_and_databricks_lakes_changes_nothing(tmp_path):
-    for uri in (str(tmp_path), f"file://{tmp_path}", "dbfs:/mnt/lake", "/Volumes/main/shop/lake"):
+def test_spark_conf_for_local_databricks_and_emr_lakes_changes_nothing(tmp_path):
+    for uri in (str(tmp_path), f"file://{tmp_path}", "dbfs:/mnt/lake", "/Volumes/main/shop/lake", "s3://emr/lake"):
         assert spark_conf_for(uri) == {}
     assert partition_replace_options(str(tmp_path)) == ("overwrite", {})
 
@@ -240,8 +240,8 @@ def test_a_local_lake_with_the_cloud_jars_keeps_sparks_own_commit_path(tmp_path)
     assert conf == {"spark.jars": "/c/spark-hadoop-cloud.jar", **CLASSIC_COMMIT}
 
 
-def test_an_unknown_s3a_committer_is_a_lake_error():
-    with pytest.raises(LakeError, match="magic, directory, partitioned"):
+def test_an_unknown_s3a_committer_is_a_config_error():
+    with pytest.raises(ConfigError, match="magic, directory, partitioned"):
         spark_conf_for("s3a://bucket/lake", committer="staging")
 
 
