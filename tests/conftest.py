@@ -73,3 +73,7 @@ def pipeline_run(spark, tiny_encoder, tmp_path_factory):
     lake = Lake(config.lake_path)
     summary = run_stage("pipeline", spark, config, lake, "e2e")
     return spark, config, lake, summary
+
+
+# A real S3-compatible server on loopback and the cached s3a jars (tests/s3_server.py).
+from tests.s3_server import cloud_jars, s3_bucket, s3_server  # noqa: E402,F401
