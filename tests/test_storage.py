@@ -275,7 +275,7 @@ def spark_s3a_job(lake_uri: str, scratch: str, out: str) -> None:
     dynamic overwrite on a local folder in the same session. Results and timings go to `out` (JSON)."""
     from pyspark.sql import functions as F
 
-    from ecominsight.session import get_spark
+    from ecominsight.session import spark_session
     from ecominsight.storage import cached_cloud_jars
 
     seconds: dict[str, float] = {}
@@ -284,64 +284,63 @@ def spark_s3a_job(lake_uri: str, scratch: str, out: str) -> None:
             "spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
             # The staging committers' local files and Hadoop's temp dir stay in the test's folder.
             "spark.hadoop.hadoop.tmp.dir": f"{scratch}/hadoop-tmp"}
-    spark, _ = get_spark("ecominsight-s3a-test", "local[2]", conf)
-    seconds["session_start"] = time.monotonic() - clock
+    with spark_session("ecominsight-s3a-test", "local[2]", conf) as spark:
+        seconds["session_start"] = time.monotonic() - clock
 
-    def rows(frame) -> list[tuple]:
-        return sorted(tuple(row) for row in frame.collect())
+        def rows(frame) -> list[tuple]:
+            return sorted(tuple(row) for row in frame.collect())
 
-    def committer(table: str) -> str:
-        return json.loads(resolve(f"{lake_uri}/{table}/_SUCCESS").read_text())["committer"]
+        def committer(table: str) -> str:
+            return json.loads(resolve(f"{lake_uri}/{table}/_SUCCESS").read_text())["committer"]
 
-    events = (spark.range(60).withColumn("day", F.expr("date_add(date'2026-11-01', cast(id % 3 as int))"))
-              .withColumn("text", F.concat(F.lit("event "), F.col("id").cast("string"))))
-    result: dict = {"seconds": seconds}
+        events = (spark.range(60).withColumn("day", F.expr("date_add(date'2026-11-01', cast(id % 3 as int))"))
+                  .withColumn("text", F.concat(F.lit("event "), F.col("id").cast("string"))))
+        result: dict = {"seconds": seconds}
 
-    clock = time.monotonic()
-    events.write.mode("overwrite").parquet(f"{lake_uri}/plain")
-    plain_equal = rows(spark.read.parquet(f"{lake_uri}/plain")) == rows(events)
-    rewritten = events.where("id >= 30")
-    rewritten.write.mode("overwrite").parquet(f"{lake_uri}/plain")
-    result["plain"] = {"rows_equal": plain_equal,
-                       "rewritten_rows_equal": rows(spark.read.parquet(f"{lake_uri}/plain")) == rows(rewritten),
-                       "committer": committer("plain")}
-    seconds["plain_write_read_twice"] = time.monotonic() - clock
+        clock = time.monotonic()
+        events.write.mode("overwrite").parquet(f"{lake_uri}/plain")
+        plain_equal = rows(spark.read.parquet(f"{lake_uri}/plain")) == rows(events)
+        rewritten = events.where("id >= 30")
+        rewritten.write.mode("overwrite").parquet(f"{lake_uri}/plain")
+        result["plain"] = {"rows_equal": plain_equal,
+                           "rewritten_rows_equal": rows(spark.read.parquet(f"{lake_uri}/plain")) == rows(rewritten),
+                           "committer": committer("plain")}
+        seconds["plain_write_read_twice"] = time.monotonic() - clock
 
-    clock = time.monotonic()
-    mode, options = partition_replace_options(lake_uri)
-    events.write.mode(mode).options(**options).partitionBy("day").parquet(f"{lake_uri}/by_day")
-    first_day = events.where("day = date'2026-11-01'").withColumn("text", F.upper("text")).where("id < 30")
-    first_day.write.mode(mode).options(**options).partitionBy("day").parquet(f"{lake_uri}/by_day")
-    expected = first_day.unionByName(events.where("day <> date'2026-11-01'"))
-    back = spark.read.parquet(f"{lake_uri}/by_day").select("id", "day", "text")
-    result["by_day"] = {"rows_equal": rows(back) == rows(expected.select("id", "day", "text")),
-                        "days": {str(r["day"]): r["count"] for r in back.groupBy("day").count().collect()},
-                        "expected_days": {str(r["day"]): r["count"] for r in expected.groupBy("day").count().collect()},
-                        "committer": committer("by_day")}
-    seconds["by_day_write_replace_read"] = time.monotonic() - clock
+        clock = time.monotonic()
+        mode, options = partition_replace_options(lake_uri)
+        events.write.mode(mode).options(**options).partitionBy("day").parquet(f"{lake_uri}/by_day")
+        first_day = events.where("day = date'2026-11-01'").withColumn("text", F.upper("text")).where("id < 30")
+        first_day.write.mode(mode).options(**options).partitionBy("day").parquet(f"{lake_uri}/by_day")
+        expected = first_day.unionByName(events.where("day <> date'2026-11-01'"))
+        back = spark.read.parquet(f"{lake_uri}/by_day").select("id", "day", "text")
+        result["by_day"] = {"rows_equal": rows(back) == rows(expected.select("id", "day", "text")),
+                            "days": {str(r["day"]): r["count"] for r in back.groupBy("day").count().collect()},
+                            "expected_days": {str(r["day"]): r["count"] for r in expected.groupBy("day").count().collect()},
+                            "committer": committer("by_day")}
+        seconds["by_day_write_replace_read"] = time.monotonic() - clock
 
-    try:  # get_spark sets partitionOverwriteMode=dynamic for every session
-        events.write.mode("overwrite").partitionBy("day").parquet(f"{lake_uri}/dynamic")
-        result["dynamic_overwrite_on_s3a"] = "accepted"
-    except Exception as err:  # noqa: BLE001 - the refusal's text is the result
-        result["dynamic_overwrite_on_s3a"] = next(
-            (line.strip() for line in str(err).splitlines() if "Exception" in line), str(err))[:300]
+        try:  # spark_session sets partitionOverwriteMode=dynamic for every session
+            events.write.mode("overwrite").partitionBy("day").parquet(f"{lake_uri}/dynamic")
+            result["dynamic_overwrite_on_s3a"] = "accepted"
+        except Exception as err:  # noqa: BLE001 - the refusal's text is the result
+            result["dynamic_overwrite_on_s3a"] = next(
+                (line.strip() for line in str(err).splitlines() if "Exception" in line), str(err))[:300]
 
-    clock = time.monotonic()
+        clock = time.monotonic()
 
-    def local_dynamic_overwrite(folder: str) -> dict:
-        events.write.mode("overwrite").partitionBy("day").parquet(folder)
-        first_day.write.mode("overwrite").partitionBy("day").parquet(folder)
-        back = spark.read.parquet(folder).select("id", "day", "text")
-        return {"rows_equal": rows(back) == rows(expected.select("id", "day", "text")),
-                "days": {str(r["day"]): r["count"] for r in back.groupBy("day").count().collect()}}
+        def local_dynamic_overwrite(folder: str) -> dict:
+            events.write.mode("overwrite").partitionBy("day").parquet(folder)
+            first_day.write.mode("overwrite").partitionBy("day").parquet(folder)
+            back = spark.read.parquet(folder).select("id", "day", "text")
+            return {"rows_equal": rows(back) == rows(expected.select("id", "day", "text")),
+                    "days": {str(r["day"]): r["count"] for r in back.groupBy("day").count().collect()}}
 
-    result["local_dynamic_overwrite_cloud_protocol"] = local_dynamic_overwrite(f"{scratch}/by_day_cloud_protocol")
-    for key, value in CLASSIC_COMMIT.items():
-        spark.conf.set(key, value)
-    result["local_dynamic_overwrite_classic"] = local_dynamic_overwrite(f"{scratch}/by_day_classic")
-    seconds["local_dynamic_overwrites"] = time.monotonic() - clock
-    spark.stop()
+        result["local_dynamic_overwrite_cloud_protocol"] = local_dynamic_overwrite(f"{scratch}/by_day_cloud_protocol")
+        for key, value in CLASSIC_COMMIT.items():
+            spark.conf.set(key, value)
+        result["local_dynamic_overwrite_classic"] = local_dynamic_overwrite(f"{scratch}/by_day_classic")
+        seconds["local_dynamic_overwrites"] = time.monotonic() - clock
     Path(out).write_text(json.dumps(result, indent=2, sort_keys=True))
 
 
