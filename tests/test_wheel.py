@@ -78,7 +78,7 @@ def test_metadata_states_ranges_and_extras(wheel):
     metadata = wheel_metadata(wheel)
     requirements = [Requirement(line) for line in metadata.get_all("Requires-Dist")]
     unconditional = {canonicalize_name(r.name): r for r in requirements if r.marker is None}
-    assert set(unconditional) == {"pandas", "pyarrow", "numpy", "scikit-learn", "matplotlib", "pyyaml"}
+    assert set(unconditional) == {"pandas", "pyarrow", "numpy", "scikit-learn", "matplotlib", "pyyaml", "fsspec"}
     assert not EXTRA_ONLY & set(unconditional)
     for requirement in requirements:
         assert all(spec.operator in (">=", "<") for spec in requirement.specifier), f"not a range: {requirement}"
