@@ -16,8 +16,9 @@ How each lower bound was chosen (the upper bounds only where a next major is kno
 - fsspec 2024.12.0: `pipe_file(..., mode="create")`, the lake's conditional create (ecominsight.storage).
 - torch 2.5: `torch.onnx.export(..., dynamo=False)` (the `dynamo` argument is new in 2.5).
 - transformers 5 (< 6): the code is written against the 5.x API; 4.x is not tested.
-The lowest set (pandas 2.2.0, pyarrow 18.0.0, numpy 1.26.0, scikit-learn 1.3.1, matplotlib 3.7.3)
-runs the unit tests on Python 3.12; README's "Installing" section lists what ran where.
+The lowest set (pandas 2.2.0, pyarrow 18.0.0, numpy 1.26.0, scikit-learn 1.3.1, matplotlib 3.7.3,
+PyYAML 6.0.1, fsspec 2024.12.0) runs the unit tests on Python 3.12; README's "Installing" section
+lists what ran where.
 """
 
 import shutil
