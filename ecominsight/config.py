@@ -17,14 +17,13 @@ from typing import Any, Mapping
 
 import yaml
 
+from ecominsight.catalog import TABLE_ZONES
 from ecominsight.errors import ConfigError
 from ecominsight.validation import build, rule
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# The lake zones that hold tables (models, reports and checkpoints hold files).
-WAREHOUSE_ZONES = ("clean", "quarantine", "features", "scores", "insights")
 _HORIZON = re.compile(r"([0-9]+)([dh])")
 _HORIZON_UNITS = {"d": "days", "h": "hours"}
 
@@ -307,7 +306,7 @@ class WarehouseConfig:
     # Zones registered. scores and insights carry pseudonymised user ids only; clean, quarantine and
     # features hold the source's raw ids, so they are opt-in (internal analysts).
     zones: list[str] = field(default_factory=lambda: ["scores", "insights"],
-                             metadata=rule(non_empty=True, choices=WAREHOUSE_ZONES))
+                             metadata=rule(non_empty=True, choices=TABLE_ZONES))
 
 
 @dataclass(frozen=True)
