@@ -31,6 +31,7 @@ from ecominsight.presets import Preset, TableSource
 
 # Java's String.trim removes every character up to U+0020: spaces and the control characters.
 JAVA_TRIMMED = "".join(chr(code) for code in range(0x21))
+MAX_FIELD_CHARS = 1 << 30
 
 
 def count_records(paths: Iterable[str | Path], *, fmt: str, header: bool = False, delimiter: str = ",",
@@ -63,13 +64,18 @@ def _csv_records(name: str, text: str, *, header: bool, delimiter: str, escape: 
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar='"', doublequote=escape == '"',
                         escapechar=None if escape == '"' else escape)
     records, last_line = 0, 0
-    for fields in reader:
-        if reader.line_num - last_line > 1:
-            raise ValueError(f"{name}: the record ending on line {reader.line_num} has a quoted line break; Spark's "
-                             "line-by-line CSV reader would count each of its lines as a row")
-        last_line = reader.line_num
-        blank = not fields or (len(fields) == 1 and not fields[0].strip(JAVA_TRIMMED))
-        records += not blank
+    # The csv module refuses fields over 128 KiB by default; the reader takes fields of any size.
+    default_limit = csv.field_size_limit(MAX_FIELD_CHARS)
+    try:
+        for fields in reader:
+            if reader.line_num - last_line > 1:
+                raise ValueError(f"{name}: the record ending on line {reader.line_num} has a quoted line break; "
+                                 "Spark's line-by-line CSV reader would count each of its lines as a row")
+            last_line = reader.line_num
+            blank = not fields or (len(fields) == 1 and not fields[0].strip(JAVA_TRIMMED))
+            records += not blank
+    finally:
+        csv.field_size_limit(default_limit)
     return max(records - header, 0)
 
 
