@@ -16,6 +16,7 @@ from ecominsight.config import load_config
 from ecominsight.io import Lake, read_json
 from ecominsight.stages import run_clean
 from ecominsight.catalog import CLEAN_ITEMS, QUARANTINE
+from tests.raw_records import count_records
 
 CORPUS = Path(__file__).resolve().parent / "data" / "bad_inputs"
 FIELDS = {"user_id": "user_id", "event_type": "event_type", "item_id": "item_id", "price": "price", "title": "title"}
@@ -72,7 +73,10 @@ def test_damaged_csv_files_are_cleaned_or_quarantined_row_by_row(spark, tmp_path
 
     expected_rows = sum(rows for rows, _, _ in EXPECTED_CSV.values())
     expected_clean = sum(clean for _, clean, _ in EXPECTED_CSV.values())
-    assert summary.input_rows == expected_rows == summary.clean_rows + summary.quarantined_rows
+    # Counted from the files themselves: the header-only and zero-byte files hold no record.
+    raw_rows = count_records(files, fmt="csv", header=True)
+    assert raw_rows == expected_rows
+    assert summary.input_rows == summary.clean_rows + summary.quarantined_rows == raw_rows
     assert summary.clean_rows == expected_clean
     quarantined = outcome_by_file(spark, lake)
     for name, (_, _, reasons) in EXPECTED_CSV.items():
@@ -93,7 +97,9 @@ def test_damaged_csv_files_are_cleaned_or_quarantined_row_by_row(spark, tmp_path
 def test_files_of_the_wrong_shape_are_quarantined_whole_or_row_by_row(spark, tmp_path, name):
     fmt, rows, clean_rows, reasons = EXPECTED_ALONE[name]
     lake, summary = run_clean_on(spark, tmp_path, [CORPUS / name], fmt)
-    assert summary.input_rows == rows == summary.clean_rows + summary.quarantined_rows
+    raw_rows = count_records([CORPUS / name], fmt=fmt, header=fmt == "csv")
+    assert raw_rows == rows
+    assert summary.input_rows == summary.clean_rows + summary.quarantined_rows == raw_rows
     assert summary.clean_rows == clean_rows
     assert summary.quarantined_by_reason == reasons
     assert outcome_by_file(spark, lake)[name] == Counter(reasons)

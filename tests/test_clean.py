@@ -13,10 +13,11 @@ from pyspark.testing import assertDataFrameEqual
 from ecominsight import catalog, schema
 from ecominsight.config import load_config
 from ecominsight.io import Lake, read_json
-from ecominsight.presets import RejectRule, TimestampSpec, WindowSpec
+from ecominsight.presets import RejectRule, TimestampSpec, WindowSpec, load_preset
 from ecominsight.stages import run_clean
 from ecominsight.transforms import clean
 from ecominsight.catalog import CLEAN_EVENTS, CLEAN_REVIEWS, QUARANTINE
+from tests.raw_records import records_of
 
 RAW_COLUMNS = ["uid", "when", "what", "item", "cost", "q"]
 RAW_SCHEMA = T.StructType([T.StructField(c, T.StringType()) for c in RAW_COLUMNS + ["_source_file"]])
@@ -272,7 +273,13 @@ def test_run_clean_writes_every_table_and_the_data_quality_report(spark, tmp_pat
     assert (summary.input_rows, summary.clean_rows, summary.quarantined_rows) == (7, 2, 5)
     assert summary.quarantined_by_reason == {k: v for k, v in events["rows_by_reason"].items() if k != "<clean>"}
     assert read_json(lake.report_dir("dq") / "clean.json") == summary.to_dict()
-    assert {t: summary.tables[t]["input_rows"] for t in summary.tables} == {"events": 7, "reviews": 7, "users": 5, "items": 4}
+    # Each table against its raw file, counted without Spark (the zipped events feed both events and reviews).
+    source = load_preset(preset)
+    raw_rows = {"events": records_of(source), "reviews": records_of(source), "users": records_of(source.user_source),
+                "items": records_of(source.item_source)}
+    assert raw_rows == {"events": 7, "reviews": 7, "users": 5, "items": 4}
+    assert {t: c["input_rows"] for t, c in summary.tables.items()} == raw_rows
+    assert {t: c["clean_rows"] + c["quarantined_rows"] for t, c in summary.tables.items()} == raw_rows
 
     def table(zone, name):
         return lake.read(spark, catalog.table(zone, name))

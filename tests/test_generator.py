@@ -16,6 +16,7 @@ import pytest
 
 from ecominsight.generator import PLANTED, fit_profile, generate, load_profile
 from tests.conftest import REPO
+from tests.raw_records import count_records, records_of
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -120,16 +121,22 @@ def test_zipf_exponent_of_exact_zipf_counts():
 def test_synthetic_preset_quarantines_exactly_the_planted_rows(spark, tmp_path):
     from ecominsight.config import load_config
     from ecominsight.io import Lake
+    from ecominsight.presets import load_preset
     from ecominsight.stages import run_clean
 
     manifest = generate(load_profile(), n_events=8_000, seed=3, out=tmp_path / "data", fmt="csv", bad_fraction=0.01)
     config = load_config("local", [f"source.preset={tmp_path / 'data' / 'preset.yaml'}", f"lake={tmp_path / 'lake'}"])
     summary = run_clean(spark, config, Lake(config.lake_path), "gen-test")
-    assert summary.input_rows == 8_000
+    preset = load_preset(config.source.preset)
+    raw_rows = records_of(preset)  # the generated CSV files' records, counted without Spark
+    assert raw_rows == 8_000
+    assert summary.input_rows == summary.clean_rows + summary.quarantined_rows == raw_rows
     assert summary.quarantined_by_reason == manifest["planted_bad_rows"]
     assert summary.clean_rows == 8_000 - sum(manifest["planted_bad_rows"].values())
-    assert summary.tables["users"]["input_rows"] == summary.tables["users"]["clean_rows"] == manifest["users"]
-    assert summary.tables["items"]["input_rows"] == summary.tables["items"]["clean_rows"] == manifest["items"]
+    for table, side in (("users", preset.user_source), ("items", preset.item_source)):
+        counts = summary.tables[table]
+        assert counts["clean_rows"] + counts["quarantined_rows"] == counts["input_rows"] == records_of(side)
+        assert counts["input_rows"] == counts["clean_rows"] == manifest[table]
 
 
 def test_the_synthetic_preset_loads():
@@ -165,8 +172,10 @@ def test_benchmark_baselines_agree_with_the_manifest(tmp_path):
     for name, run in etl.BASELINES.items():
         (tmp_path / name).mkdir()
         results[name] = run(tmp_path / "data", tmp_path / name)
+    raw_rows = count_records([tmp_path / "data" / "events"], fmt="parquet")
+    assert raw_rows == 20_000
     for counts in results.values():
-        assert counts["input_rows"] == 20_000
+        assert counts["input_rows"] == counts["clean_rows"] + counts["quarantined_rows"] == raw_rows
         assert counts["quarantined_rows"] == sum(manifest["planted_bad_rows"].values())
     assert results["pandas"] == results["duckdb"]
     assert results["pandas"]["current_users"] == manifest["users"]

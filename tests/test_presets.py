@@ -29,10 +29,11 @@ from pyspark.sql import functions as F
 
 from ecominsight import data_quality, schema
 from ecominsight.io import read_source, staging_area
-from ecominsight.presets import Preset, load_preset
+from ecominsight.presets import Preset, TableSource, load_preset
 from ecominsight.schema import EVENT_TYPES
 from ecominsight.stages.clean import tag_arguments
 from ecominsight.transforms import clean
+from tests.raw_records import records_of
 
 REPO = Path(__file__).resolve().parent.parent
 UTC = dt.timezone.utc
@@ -225,8 +226,8 @@ def _check_counts(run: SparkRun, oracle: dict, name: str) -> None:
     assert run.quarantined == expected["quarantined"]
     assert run.n_clean == expected["clean"]
     assert dict(run.clean_events) == expected["clean_events"]
-    # Accounting identity: no row lost, none invented.
-    assert run.n_input == run.n_clean + sum(run.quarantined.values())
+    # Accounting identity: no row lost, none invented, against the raw files' records counted without Spark.
+    assert run.n_input == run.n_clean + sum(run.quarantined.values()) == records_of(run.preset)
 
 
 def _check_users(run: SparkRun, oracle: dict, name: str) -> None:
@@ -868,11 +869,12 @@ def amazon_oracle(path: Path) -> tuple[dict, dict]:
     return events, review_summary
 
 
-def _check_side(by_reason: Counter, n_input: int, expected: dict) -> None:
+def _check_side(by_reason: Counter, n_input: int, expected: dict, source: Preset | TableSource) -> None:
+    """`source`: the preset or side table whose raw files were read."""
     assert n_input == expected["input"]
     assert by_reason.get(CLEAN, 0) == expected["clean"]
     assert {r: n for r, n in by_reason.items() if r is not CLEAN} == expected["quarantined"]
-    assert n_input == sum(by_reason.values())
+    assert n_input == sum(by_reason.values()) == records_of(source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -918,10 +920,11 @@ def test_jdata_users_and_items_from_their_own_files(jdata_run, jdata_side, jdata
     _check_users(jdata_run, jdata_oracle_result, JDATA)
     _check_event_types(jdata_run)
     expected, oracle = EXPECTED[JDATA], jdata_oracle_result
-    for table in ("users", "items"):
+    sources = {"users": jdata_run.preset.user_source, "items": jdata_run.preset.item_source}
+    for table, source in sources.items():
         n_input, by_reason, _ = jdata_side[table]
         assert oracle["side"][table] == expected["side"][table]
-        _check_side(by_reason, n_input, expected["side"][table])
+        _check_side(by_reason, n_input, expected["side"][table], source)
     listed_users = clean.accepted_rows(jdata_side["users"][2], schema.USERS)
     users = clean.combine_users(listed_users, clean.derive_users(jdata_run.tagged))
     items = clean.combine_items(clean.accepted_rows(jdata_side["items"][2], schema.ITEMS), clean.derive_items(jdata_run.tagged))
@@ -1153,7 +1156,7 @@ def test_amazon_reviews(amazon_reviews, amazon_oracle_result):
     _, oracle = amazon_oracle_result
     expected = EXPECTED[AMAZON]["side"]["reviews"]
     assert {k: oracle[k] for k in expected} == expected
-    _check_side(by_reason, n_input, expected)
+    _check_side(by_reason, n_input, expected, load_preset(AMAZON))  # reviews come from the preset's own files
     reviews = clean.accepted_rows(tagged, schema.REVIEWS)
     assert reviews.schema.fieldNames() == schema.REVIEWS.fieldNames()
     ratings = {r["rating"]: r["count"] for r in reviews.groupBy("rating").count().collect()}

@@ -49,6 +49,15 @@ def _count_distinct(column: Column) -> Column:
     return F.size(F.collect_set(column))
 
 
+def _sum_in_value_order(column: Column) -> Column:
+    """The sum of a double column's non-null values, added smallest first; 0.0 when there are none.
+
+    Spark's `sum` adds a group's values in the order its rows arrive, which differs from run to run,
+    and the last bits of a sum of doubles depend on that order (0.1 + 0.2 + 0.3 != 0.3 + 0.2 + 0.1):
+    a re-run on unchanged events would write other features, and so another data fingerprint."""
+    return F.aggregate(F.array_sort(F.collect_list(column)), F.lit(0.0), lambda total, value: total + value)
+
+
 def user_numeric_features(events: DataFrame, *, as_of: AsOf) -> DataFrame:
     """Per user, behaviour counts, spend, recency and rhythm from events before `as_of`.
 
@@ -75,8 +84,8 @@ def user_numeric_features(events: DataFrame, *, as_of: AsOf) -> DataFrame:
         _count_distinct(F.col("dt")).alias("n_active_days"),
         _count_distinct(F.col("item_id")).alias("n_distinct_items"),
         _count_distinct(F.col("category")).alias("n_distinct_categories"),
-        F.coalesce(F.sum(amount), F.lit(0.0)).alias("spend"),
-        F.coalesce(F.sum(F.when(days_before < 365, amount)), F.lit(0.0)).alias("spend_365d"),
+        _sum_in_value_order(amount).alias("spend"),
+        _sum_in_value_order(F.when(days_before < 365, amount)).alias("spend_365d"),
         F.max("ts").alias("last_event_ts"),
         (F.unix_timestamp(cutoff) - F.unix_timestamp(F.max("ts"))).alias("_recency_s"),
         (F.unix_timestamp(cutoff) - F.unix_timestamp(F.max(F.when(is_purchase, F.col("ts"))))).alias("_purchase_recency_s"),
