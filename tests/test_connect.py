@@ -24,7 +24,11 @@ import pytest
 from ecominsight.catalog import USER_SCORES
 from ecominsight.io import read_json
 from ecominsight.session import embedded_metastore_conf
+from tests.s3_server import _free_port
 from tests.test_faults import full_disk  # noqa: F401  (a fixture: a 512 KiB tmpfs)
+
+# The first test's setup runs the pipeline twice (classic, for `pipeline_run`, and through Connect).
+pytestmark = pytest.mark.timeout(1800)
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_START_TIMEOUT_S = 180
@@ -33,15 +37,15 @@ PSEUDONYM_SECRET = "connect-pseudonym-key-5b1e0c7d9a"
 TOKEN_SECRET = "connect-session-token-8f3a62c4e1"
 # Same data, same seeds, same partitioning: differences are float rounding, not model changes.
 METRIC_TOLERANCE = 1e-6
+# Gradient-boosted trees subsample rows by position within a partition, and the row order of
+# features/user_sequences is whatever order the shuffles delivered: it differs between two classic
+# runs as well (measured, 2026-12-01: GBT test ROC-AUC 0.791 and 0.815 from two classic runs of the
+# same code; LR and the transformer, which sorts its input, identical). So GBT is held to what a
+# seed can promise here: the same quality, within these bounds.
+GBT_QUALITY_TOLERANCE = {"roc_auc": 0.06, "avg_precision": 0.06, "brier": 0.02}
 # Not results: where and when a run wrote things, and how long it took.
 NOT_COMPARED = {"run_id", "path", "paths", "report", "model_dirs", "version", "model_version",
                 "baseline_model_version", "seconds", "ranks", "inputs"}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _answers(port: int) -> bool:
@@ -166,8 +170,13 @@ def test_the_pipeline_through_spark_connect_matches_the_classic_session(connect_
     for stage in ("clean", "fuse", "score", "insights"):
         assert_same_results(read_json(reports / f"{stage}.json"), classic[stage].to_dict(), stage)
     train = read_json(reports / "train.json")
-    for model in ("lr", "gbt", "transformer"):
+    for model in ("lr", "transformer"):
         assert_same_results(train[model], classic["train"].metrics[model], f"train.{model}")
+    gbt, classic_gbt = train["gbt"], classic["train"].metrics["gbt"]
+    assert set(gbt) == set(classic_gbt) and set(gbt["feature_importances"]) == set(classic_gbt["feature_importances"])
+    for split in ("valid", "test"):
+        for metric, tolerance in GBT_QUALITY_TOLERANCE.items():
+            assert abs(gbt[split][metric] - classic_gbt[split][metric]) <= tolerance, (split, metric, gbt[split], classic_gbt[split])
     assert "Started local training with 1 processes" in logs  # TorchDistributor, local_mode as configured
     # predict_batch_udf ran on the server's Python workers: the same probabilities, user by user (the
     # pseudonyms differ: each run has its own key, so they are compared as sorted lists).
