@@ -6,10 +6,16 @@
 # Options:
 #   --master URL           local[*] (default), local[N], spark://HOST:PORT (standalone), yarn, k8s://https://HOST:PORT.
 #                          It always wins: under spark-submit the job applies no configured spark.master.
+#   --remote URL           sc://HOST:PORT[/;NAME=VALUE...]: run the job through this Spark Connect server instead
+#                          (default: $SPARK_REMOTE, unless --master is given). The job runs here, as a client, with
+#                          .venv's python directly: no spark-submit, nothing packaged. The server owns the master,
+#                          its static settings and its Python workers' environment (ecominsight installed,
+#                          HF_HUB_OFFLINE=1); the lake must be storage that both sides see. --conf KEY=VALUE
+#                          becomes the session setting --set spark.conf.KEY=VALUE. Not with --master.
 #   --deploy-mode MODE     client (default) or cluster. Cluster mode runs the driver on the cluster:
 #                          yarn and k8s only (Spark standalone has no cluster mode for Python apps).
 #   --env NAME             config overlay conf/NAME.yaml: local, cluster, databricks. Default: $ECOMINSIGHT_ENV
-#                          when set, else local for a local master and cluster for any other
+#                          when set, else local for a local master and cluster for any other master or --remote
 #   --set KEY=VALUE        config override, repeatable (e.g. --set lake=/shared/lake)
 #   --conf KEY=VALUE       extra spark-submit --conf, repeatable (e.g. --conf spark.executor.memory=4g)
 #   --secret-env NAME      (non-local masters) an environment variable holding a secret that the job on the
@@ -67,6 +73,9 @@
 #                   Kubernetes (kubectl create secret generic SECRET --from-literal=NAME=...). Without
 #                   --k8s-secret, cluster mode refuses to start a driver that would lack them.
 #   local[...]      nothing to do: the driver and its Python workers inherit this environment.
+#   --remote        nothing to do: the job runs here and resolves the pseudonym key itself. A secret-named
+#                   parameter of the URL (;token=...) travels in SPARK_REMOTE, not on the command line, and
+#                   the dry run masks it.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -77,6 +86,8 @@ base_python="${ECOMINSIGHT_PYTHON:-python3}"
 # The packer, pinned: venv-pack2 is the maintained fork of venv-pack (0.2.0, 2018) and packs 3.11 venvs.
 venv_pack_pin="venv-pack2==0.9.2"
 master="local[*]"
+master_given=0
+remote=""
 deploy_mode="client"
 env_name="${ECOMINSIGHT_ENV:-}"
 k8s_secret="${ECOMINSIGHT_K8S_SECRET:-}"
@@ -92,8 +103,10 @@ die() { echo "submit.sh: $1" >&2; exit 2; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --master) master="$2"; shift 2 ;;
-    --master=*) master="${1#*=}"; shift ;;
+    --master) master="$2"; master_given=1; shift 2 ;;
+    --master=*) master="${1#*=}"; master_given=1; shift ;;
+    --remote) remote="$2"; [[ -n "$remote" ]] || die "--remote needs a URL, sc://HOST:PORT"; shift 2 ;;
+    --remote=*) remote="${1#*=}"; [[ -n "$remote" ]] || die "--remote needs a URL, sc://HOST:PORT"; shift ;;
     --deploy-mode) deploy_mode="$2"; shift 2 ;;
     --deploy-mode=*) deploy_mode="${1#*=}"; shift ;;
     --env) env_name="$2"; shift 2 ;;
@@ -118,23 +131,37 @@ case "$deploy_mode" in
   client|cluster) ;;
   *) die "--deploy-mode must be client or cluster, not '$deploy_mode'" ;;
 esac
-case "$master" in
-  local|local\[*\]) kind=local ;;
-  spark://*) kind=standalone ;;
-  yarn) kind=yarn ;;
-  k8s://*) kind=k8s ;;
-  *) die "unsupported master '$master': use local[*], local[N], spark://HOST:PORT, yarn or k8s://https://HOST:PORT" ;;
-esac
+if [[ -n "$remote" && $master_given -eq 1 ]]; then
+  die "give --master (spark-submit) or --remote (Spark Connect), not both"
+fi
+# SPARK_REMOTE chooses Spark Connect unless --master is given; a job under spark-submit must not see it
+# (the job's session helper would follow it).
+[[ -z "$remote" && $master_given -eq 0 ]] && remote="${SPARK_REMOTE:-}"
+unset SPARK_REMOTE
+if [[ -n "$remote" ]]; then
+  [[ "$remote" == sc://* ]] || die "--remote needs a Spark Connect URL, sc://HOST:PORT"
+  kind=remote
+else
+  case "$master" in
+    local|local\[*\]) kind=local ;;
+    spark://*) kind=standalone ;;
+    yarn) kind=yarn ;;
+    k8s://*) kind=k8s ;;
+    *) die "unsupported master '$master': use local[*], local[N], spark://HOST:PORT, yarn or k8s://https://HOST:PORT" ;;
+  esac
+fi
 if [[ "$deploy_mode" == cluster ]]; then
+  [[ "$kind" == remote ]] && die "--deploy-mode cluster needs spark-submit; with --remote the job runs here, as a Spark Connect client"
   [[ "$kind" == local ]] && die "--deploy-mode cluster needs a cluster master (yarn or k8s://...), not '$master'"
   [[ "$kind" == standalone ]] && die "Spark standalone does not support cluster deploy mode for Python applications; use --deploy-mode client with $master, or a yarn or k8s master"
 fi
 if [[ $package_only -eq 1 ]]; then
-  [[ "$kind" == local ]] && die "--package builds the cluster package; give a non-local --master"
+  [[ "$kind" == local || "$kind" == remote ]] && die "--package builds the cluster package; give a non-local --master"
 elif [[ -z "$stage" ]]; then
   echo "submit.sh: name a stage: clean, fuse, train, score, insights, pipeline or register" >&2; usage >&2; exit 2
 fi
-# The overlay follows the cluster: conf/local.yaml describes one machine, conf/cluster.yaml a cluster.
+# The overlay follows the cluster: conf/local.yaml describes one machine, conf/cluster.yaml a cluster
+# (a Spark Connect server is one: training runs there, on the lake both sides see).
 if [[ -z "$env_name" ]]; then
   if [[ "$kind" == local ]]; then env_name=local; else env_name=cluster; fi
 fi
@@ -205,6 +232,21 @@ build_env() {
   echo "$wanted" > "$stamp"
 }
 
+# The Spark Connect URL with the values of its secret-named parameters (;token=...) masked.
+masked_url() {
+  local url="$1" rest part name shown
+  shown="${url%%;*}"
+  [[ "$url" == *";"* ]] && rest="${url#*;}" || rest=""
+  while [[ -n "$rest" ]]; do
+    part="${rest%%;*}"
+    [[ "$rest" == *";"* ]] && rest="${rest#*;}" || rest=""
+    name="${part%%=*}"
+    [[ "${name,,}" =~ key|token|secret|password|passwd|credential ]] && part="$name=***"
+    shown+=";$part"
+  done
+  printf '%s' "$shown"
+}
+
 # build/dist/ecominsight-*.whl from this checkout; setuptools' own build/lib is cleared first so that a
 # module deleted from the source cannot linger in the wheel.
 build_wheel() {
@@ -266,7 +308,16 @@ write_secret_properties() {
 export HF_HUB_OFFLINE=1
 job=("$here/jobs/$stage.py" --env "$env_name" ${passthrough[@]+"${passthrough[@]}"})
 
-if [[ "$kind" == local ]]; then
+if [[ "$kind" == remote ]]; then
+  # The job's session helper reads the server from SPARK_REMOTE: a token in the URL stays off `ps`.
+  export SPARK_REMOTE="$remote"
+  cmd=("$venv/bin/python" "${job[@]}")
+  for conf in ${spark_confs[@]+"${spark_confs[@]}"}; do
+    [[ "$conf" == --conf ]] || cmd+=(--set "spark.conf.$conf")
+  done
+  exported=(HF_HUB_OFFLINE SPARK_REMOTE)
+  [[ $dry_run -eq 0 ]] && "$here/.ci/bootstrap" "$venv" runtime
+elif [[ "$kind" == local ]]; then
   export PYSPARK_PYTHON="$venv/bin/python"
   export PYSPARK_DRIVER_PYTHON="$venv/bin/python"
   export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
@@ -344,7 +395,11 @@ else
 fi
 
 if [[ $dry_run -eq 1 ]]; then
-  for name in "${exported[@]}"; do printf 'export %s=%q\n' "$name" "${!name}"; done
+  [[ "$kind" == remote ]] && echo "# Spark Connect: the job runs with $venv/bin/python directly, no spark-submit"
+  for name in "${exported[@]}"; do
+    if [[ "$name" == SPARK_REMOTE ]]; then printf 'export %s=%q\n' "$name" "$(masked_url "${!name}")"
+    else printf 'export %s=%q\n' "$name" "${!name}"; fi
+  done
   for property in ${secret_properties[@]+"${secret_properties[@]}"}; do
     printf '# in the --properties-file (mode 0600): %s=<value of $%s>\n' "${property%=*}" "${property##*=}"
   done

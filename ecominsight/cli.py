@@ -20,7 +20,7 @@ from ecominsight.errors import EcominsightError
 from ecominsight.io import Lake
 from ecominsight.logs import setup_logging
 from ecominsight.presets import load_preset
-from ecominsight.session import spark_session
+from ecominsight.session import remote_url, spark_session
 from ecominsight.stages import STAGES, StageResult, run_stage
 
 log = logging.getLogger("ecominsight")
@@ -36,6 +36,9 @@ def _add_stage_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set fuse.horizon=30d (repeatable)")
     parser.add_argument("--conf-dir", default=None, help="config directory (default: the project's conf/)")
+    parser.add_argument("--remote", default=None, metavar="sc://HOST:PORT",
+                        help="run through this Spark Connect server (default: $SPARK_REMOTE where set); "
+                             "the server then owns the master and the static Spark settings")
     return parser
 
 
@@ -93,7 +96,8 @@ def _run_stage(stage: str, args: argparse.Namespace) -> int:
         return 2
     run_id = config.run_id or f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
     resolved = config_to_dict(config)
-    redaction.install(redaction.secret_values() | redaction.secret_config_values(resolved))
+    redaction.install(redaction.secret_values() | redaction.secret_config_values(resolved)
+                      | redaction.secret_url_parameters(remote_url(args.remote)))
     log.info("run %s, stage %s, resolved config:\n%s", run_id, stage, json.dumps(redaction.redact_mapping(resolved), indent=2))
 
     lake = Lake(config.lake_path)
@@ -101,7 +105,7 @@ def _run_stage(stage: str, args: argparse.Namespace) -> int:
         # Locked before Spark starts, so that a second run on the same lake is refused at once.
         with lake.lock(f"ecominsight {stage} (run {run_id})"), \
                 spark_session(config.spark.app_name, config.spark.master, config.spark.conf,
-                              embedded_metastore=config.warehouse.embedded_metastore) as spark:
+                              embedded_metastore=config.warehouse.embedded_metastore, remote=args.remote) as spark:
             summary = run_stage(stage, spark, config, lake, run_id)
     except EcominsightError as err:
         log.error("%s failed: %s", stage, err)

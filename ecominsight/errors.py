@@ -34,3 +34,7 @@ class LeakageError(EcominsightError, RuntimeError):
 
 class PrivacyError(EcominsightError, RuntimeError):
     """The pseudonym key is unusable (too short, or its file is readable by others)."""
+
+
+class SessionError(EcominsightError, RuntimeError):
+    """No Spark session can be had: a Spark Connect URL that is malformed or where no server answers."""

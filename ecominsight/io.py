@@ -7,6 +7,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -25,6 +26,7 @@ from ecominsight.catalog import Table
 from ecominsight.errors import LakeError
 from ecominsight.presets import Preset, TableSource
 from ecominsight.schema import CORRUPT, SOURCE_FILE, SOURCE_LINE
+from ecominsight.session import default_parallelism
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +263,7 @@ class Lake:
                 # instead of one per (task, value). The task count is explicit: left to adaptive execution,
                 # a shuffle of a few hundred MB is coalesced into fewer tasks than there are cores.
                 # Spark stages the files and moves each partition in only when the job commits.
-                tasks = WRITE_TASKS_PER_CORE * df.sparkSession.sparkContext.defaultParallelism
+                tasks = WRITE_TASKS_PER_CORE * default_parallelism(df.sparkSession)
                 writer = df.repartition(tasks, *table.partition_by).write.mode("overwrite")
                 writer.option("partitionOverwriteMode", "dynamic").partitionBy(*table.partition_by).parquet(path)
             else:
@@ -397,19 +399,39 @@ def _holder_alive(lock: dict[str, Any]) -> bool:
 
 def storage_failure(err: BaseException) -> str | None:
     """The storage error behind a failed Spark job (disk full, permission denied, ...): the message of
-    the deepest java.io / java.nio.file exception in the Java cause chain, or None if there is none."""
+    the deepest java.io / java.nio.file exception in the server's cause chain, or None if there is none.
+
+    Read from the JVM stack trace as text, the same way for every session: Spark Connect's exceptions
+    carry the server's (`getStackTrace()`, one "Caused by: class: message" line per cause), classic
+    pyspark's captured exceptions keep the JVM's in `_stackTrace` (no public accessor there), and
+    py4j's Py4JJavaError prints it as its message."""
     if isinstance(err, OSError):
         return f"{err.strerror or err} ({err.filename})" if err.filename else str(err)
-    cause = getattr(err, "java_exception", None) or getattr(err, "_origin", None)
+    trace = _server_stack_trace(err)
     found = None
-    for _ in range(64):  # a cause chain is short; the bound guards against a cycle
-        if cause is None:
-            break
-        name = cause.getClass().getName()
-        if name.startswith(("java.io.", "java.nio.file.")):
-            found = cause.getMessage() or name
-        cause = cause.getCause()
+    for line in trace.splitlines():
+        # Only the cause chain: the trace's first line(s) and unindented "Caused by:" lines; indented
+        # ones belong to suppressed exceptions.
+        match = _STORAGE_EXCEPTION_LINE.match(line)
+        if match:
+            found = match.group("message") or match.group("name")
     return found
+
+
+# "java.io.IOException: No space left on device", as a trace's head (after py4j's ": ") or a cause.
+_STORAGE_EXCEPTION_LINE = re.compile(
+    r"^(?:Caused by: |: )?(?P<name>(?:java\.io|java\.nio\.file)\.[\w$.]+)(?:: (?P<message>.*?))?\s*$")
+
+
+def _server_stack_trace(err: BaseException) -> str:
+    """The JVM stack trace behind a pyspark error as text ('' when there is none)."""
+    get_stack_trace = getattr(err, "getStackTrace", None)
+    trace = get_stack_trace() if callable(get_stack_trace) else None
+    if trace is None:
+        trace = getattr(err, "_stackTrace", None)
+    if trace is None and type(err).__module__.startswith("py4j"):
+        trace = str(err)
+    return trace or ""
 
 
 def write_json(path: Path, payload: Any) -> None:

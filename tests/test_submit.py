@@ -23,9 +23,9 @@ SECRET_ENV = {"ECOMINSIGHT_PSEUDONYM_KEY": PSEUDONYM_KEY, "MY_API_TOKEN": API_TO
 
 def submit(*args: str, env: dict[str, str] | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
     """Run ./submit.sh with the venv that runs these tests (so that nothing is installed) and without
-    the caller's ECOMINSIGHT_ENV or secrets, unless `env` brings them."""
+    the caller's ECOMINSIGHT_ENV, SPARK_REMOTE or secrets, unless `env` brings them."""
     base = {name: value for name, value in os.environ.items()
-            if name not in ("ECOMINSIGHT_ENV", "ECOMINSIGHT_K8S_SECRET", *SECRET_ENV)}
+            if name not in ("ECOMINSIGHT_ENV", "ECOMINSIGHT_K8S_SECRET", "SPARK_REMOTE", *SECRET_ENV)}
     base.setdefault("ECOMINSIGHT_VENV", sys.prefix)
     return subprocess.run([str(REPO / "submit.sh"), *args], capture_output=True, text=True, cwd=REPO,
                           env={**base, **(env or {})}, timeout=timeout)
@@ -179,3 +179,42 @@ def test_spark_submits_master_wins_over_the_configured_one(tmp_path):
     assert "started SparkSession ecominsight on local[1]" in logs, logs[-3000:]
     assert "spark-submit chose the master; the configured local[*] is not applied" in logs
     assert result.returncode == 2 and "holds no tables to register" in logs
+
+
+CONNECT_TOKEN = "dapi-connect-token-0a1b2c3d4e"
+
+
+def test_remote_runs_the_job_with_the_venvs_python_and_keeps_the_token_off_the_command_line():
+    url = f"sc://workspace.example.com:443/;token={CONNECT_TOKEN};x-databricks-cluster-id=0123-456789-abc"
+    result = submit("--dry-run", "--remote", url, "--conf", "spark.sql.shuffle.partitions=8", "score", "--set", "lake=/x")
+    assert result.returncode == 0, result.stderr
+    assert CONNECT_TOKEN not in result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "no spark-submit" in lines[0]
+    assert "export SPARK_REMOTE=sc://workspace.example.com:443/\\;token=\\*\\*\\*\\;x-databricks-cluster-id=0123-456789-abc" in lines
+    command = shlex.split(lines[-1])
+    assert command == [os.path.join(sys.prefix, "bin", "python"), str(REPO / "jobs" / "score.py"), "--env", "cluster",
+                       "--set", "lake=/x", "--set", "spark.conf.spark.sql.shuffle.partitions=8"]
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    ([], {"SPARK_REMOTE": "sc://127.0.0.1:15002"}, "python"),                   # SPARK_REMOTE is honoured...
+    (["--master", "local[2]"], {"SPARK_REMOTE": "sc://127.0.0.1:15002"}, "spark-submit"),  # ...unless --master is given
+    ([], {}, "spark-submit"),
+])
+def test_spark_remote_chooses_spark_connect_unless_a_master_is_given(args, env, expected):
+    result = submit("--dry-run", *args, "clean", env=env)
+    assert result.returncode == 0, result.stderr
+    assert os.path.basename(shlex.split(result.stdout.splitlines()[-1])[0]) == expected
+    # A job under spark-submit must not see SPARK_REMOTE: its session helper would follow it.
+    assert ("export SPARK_REMOTE=" in result.stdout) == (expected == "python")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--remote", "sc://127.0.0.1:15002", "--master", "yarn"], "give --master (spark-submit) or --remote (Spark Connect), not both"),
+    (["--remote", "http://127.0.0.1:15002"], "--remote needs a Spark Connect URL, sc://HOST:PORT"),
+    (["--remote", "sc://127.0.0.1:15002", "--deploy-mode", "cluster"], "--deploy-mode cluster needs spark-submit"),
+])
+def test_remote_refuses_what_spark_connect_cannot_do(args, message):
+    result = submit("--dry-run", *args, "clean")
+    assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -15,6 +15,7 @@ from ecominsight import privacy
 from ecominsight.catalog import CURRENT_SEQUENCES, EXPLANATIONS, USER_SCORES
 from ecominsight.config import Config, ExplainConfig
 from ecominsight.io import Lake, read_json
+from ecominsight.session import default_parallelism
 from ecominsight.stages.base import StageResult
 from ecominsight.stages.train import LR_MODEL, TRANSFORMER_MODEL
 
@@ -86,7 +87,7 @@ def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> S
         to_score, carried = current, None
 
     lr_model = PipelineModel.load(str(lake.model_dir(LR_MODEL, lr_version) / "spark_model"))
-    to_score = prepare_for_scoring(to_score, tasks=SCORE_TASKS_PER_CORE * spark.sparkContext.defaultParallelism)
+    to_score = prepare_for_scoring(to_score, tasks=SCORE_TASKS_PER_CORE * default_parallelism(spark))
     probability = transformer_probability(F.col("text"), str(model_dir), batch_size=settings.batch_size,
                                           torch_threads=settings.torch_threads, precision=settings.precision)
     scored = baseline.with_probability(lr_model, to_score).select(
@@ -129,7 +130,7 @@ def _explain_top_decile(spark: SparkSession, settings: ExplainConfig, torch_thre
     top = day.orderBy(F.desc("probability"), "user_id").limit(settings.max_users) \
         .select("user_id", "probability", "score_decile", "model_version")
     # A few users: spread them over the cores, each task loads the model once.
-    users = top.join(current, "user_id").repartition(spark.sparkContext.defaultParallelism)
+    users = top.join(current, "user_id").repartition(default_parallelism(spark))
     explained = attribution.explain_users(
         users, str(model_dir), numeric_names=read_json(model_dir / META_FILE)["numeric"]["names"],
         top_events=settings.top_events, batch_size=settings.batch_size, torch_threads=torch_threads)

@@ -10,6 +10,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from ecominsight import redaction
 from ecominsight.catalog import USER_SEQUENCES
 from ecominsight.config import Config, TrainConfig, TransformerConfig, config_to_dict
 from ecominsight.errors import LakeError
@@ -132,7 +133,7 @@ def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> T
     version = registry.new_version(fingerprint)
     lineage = {"version": version, "run_id": run_id, "data_fingerprint": fingerprint,
                "data_path": lake.table_path(USER_SEQUENCES), "code_version": registry.code_version(),
-               "config": config_to_dict(config), "trained_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+               "config": redaction.redact_mapping(config_to_dict(config)), "trained_at": dt.datetime.now(dt.timezone.utc).isoformat()}
 
     metrics = {name: _fit_baseline(name, pipeline, data, lake, version, lineage)
                for name, pipeline in baseline_pipelines(config.train).items()}
