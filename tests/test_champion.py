@@ -41,6 +41,8 @@ def test_the_champion_is_the_best_on_validation_unless_forced():
     with pytest.raises(champion.ChampionError, match="names no model"):
         champion.choose_champion({"lr": 0.7}, forced="hybrid")
     assert champion.choose_champion({"lr": None, "transformer": None})["model"] == "transformer"
+    # A tie goes to the cheaper model (a perfect transformer and a stacker that cannot beat it).
+    assert champion.choose_champion({"hybrid": 1.0, "transformer": 1.0, "lr": 0.5})["model"] == "transformer"
 
 
 def test_the_paired_bootstrap_interval_holds_the_difference_and_excludes_zero_for_a_clear_winner():

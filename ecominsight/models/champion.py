@@ -94,9 +94,18 @@ def fit_stacker(components: Sequence[str], valid_probabilities: np.ndarray, vali
     return _fit(features, labels, components), out_of_fold
 
 
+# On equal validation ROC-AUC the cheaper model ranks first (to train and to score).
+COST_ORDER = ("lr", "gbt", "transformer", HYBRID_MODEL)
+
+
 def rank_models(valid_roc_auc: Mapping[str, float | None]) -> list[dict[str, Any]]:
-    """Models by validation ROC-AUC, best first (a model without one last; ties by name)."""
-    ordered = sorted(valid_roc_auc.items(), key=lambda item: (item[1] is None, -(item[1] or 0.0), item[0]))
+    """Models by validation ROC-AUC, best first (a model without one last; ties: the cheaper first)."""
+    def key(item: tuple[str, float | None]) -> tuple:
+        name, auc = item
+        cost = COST_ORDER.index(name) if name in COST_ORDER else len(COST_ORDER)
+        return auc is None, -(auc or 0.0), cost, name
+
+    ordered = sorted(valid_roc_auc.items(), key=key)
     return [{"rank": i, "model": name, "valid_roc_auc": auc} for i, (name, auc) in enumerate(ordered, start=1)]
 
 
