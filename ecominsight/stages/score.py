@@ -8,7 +8,7 @@ import datetime as dt
 import logging
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ecominsight import privacy
@@ -119,7 +119,7 @@ def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> S
     to_score = prepare_for_scoring(to_score, tasks=SCORE_TASKS_PER_CORE * spark.sparkContext.defaultParallelism)
     components = _component_versions(lake, name, version)
     with_components = _with_component_probabilities(to_score, lake, components, settings)
-    probability = (_stacked(lake, version, components) if name == champions.HYBRID_MODEL
+    probability = (_stacked(lake, version) if name == champions.HYBRID_MODEL
                    else F.col(_probability_column(name)))
     scored = with_components.select(
         "user_id",
@@ -189,7 +189,7 @@ def _with_component_probabilities(users: DataFrame, lake: Lake, components: dict
     return users
 
 
-def _stacked(lake: Lake, version: str, components: dict[str, str]):
+def _stacked(lake: Lake, version: str) -> Column:
     """The hybrid's probability as a column over its components' probability columns."""
     from ecominsight.models import champion
     from ecominsight.models.scoring import stacked_probability
