@@ -164,6 +164,8 @@ class TrainConfig:
     logistic_regression: LogisticRegressionConfig = field(default_factory=LogisticRegressionConfig)
     gradient_boosted_trees: GradientBoostedTreesConfig = field(default_factory=GradientBoostedTreesConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    # auto: the model with the best validation ROC-AUC scores the users; a model name forces that one
+    champion: str = field(default="auto", metadata=rule(choices=("auto", "lr", "gbt", "transformer", "hybrid")))
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,8 @@ class ScoreConfig:
     score_date: str | None = field(default=None, metadata=_ISO_DATE)  # None: the scoring table's as_of day
     # full: rescore everyone; incremental: only users with new events
     mode: str = field(default="full", metadata=rule(choices=("full", "incremental")))
+    # champion: the model the train stage chose (models/CHAMPION); or a model name
+    model: str = field(default="champion", metadata=rule(choices=("champion", "lr", "gbt", "transformer", "hybrid")))
     model_version: str = "latest"
     batch_size: int = field(default=32, metadata=_POSITIVE)
     torch_threads: int = field(default=1, metadata=_POSITIVE)

@@ -190,6 +190,8 @@ def _extract(archive: Path, root: Path) -> list[str]:
 
 # A model's pointer to its newest complete version.
 LATEST = "LATEST"
+# The lake's pointer to the model (name and version) that scores the users.
+CHAMPION = "CHAMPION"
 # Folders of a zone that are not tables: a write in progress, and the table it replaces.
 STAGED_PREFIX, RETIRED_PREFIX = "_staged-", "_retired-"
 
@@ -225,6 +227,10 @@ class Lake:
     def model_pointer(self, name: str, pointer: str = LATEST) -> Path:
         """`models/<name>/<pointer>`: a small file naming the version the pointer designates."""
         return self.model_root(name) / pointer
+
+    def champion_pointer(self) -> Path:
+        """`models/CHAMPION`: the model name and version the train stage chose to score users with."""
+        return self.root / "models" / CHAMPION
 
     def checkpoint_dir(self, name: str, key: str) -> Path:
         """`checkpoints/<name>/<key>/`: one training run's per-epoch checkpoints (`key` names the run)."""

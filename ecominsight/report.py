@@ -32,7 +32,7 @@ from ecominsight.io import Lake, read_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-MODELS = ("lr", "gbt", "transformer")
+MODELS = ("lr", "gbt", "transformer", "hybrid")
 TOP_CATEGORIES = 15
 TOP_QUERIES = 15
 SUPPRESSED = "suppressed (groups < k)"
@@ -171,6 +171,14 @@ def _model_metrics(lake: Lake, version: str | None) -> dict[str, tuple[str, dict
     return found
 
 
+def _champion(lake: Lake, name: str | None, version: str | None) -> dict[str, Any] | None:
+    """The scoring model of the day and, from its lineage.json, why it was chosen (the validation ranking)."""
+    if not name or not version or not (lake.model_dir(name, version) / "lineage.json").is_file():
+        return None
+    record = read_json(lake.model_dir(name, version) / "lineage.json").get("champion", {})
+    return {**record, "model": name, "version": version, "chosen": record.get("model"), "scored_with": name}
+
+
 def gather(spark: SparkSession, lake: Lake, run_id: str, *, score_date: dt.date) -> dict[str, Any]:
     """Everything the page shows, as plain data (aggregates only, never a user id)."""
     data: dict[str, Any] = {"run_id": run_id, "score_date": score_date.isoformat(),
@@ -179,9 +187,12 @@ def gather(spark: SparkSession, lake: Lake, run_id: str, *, score_date: dt.date)
         rows = lake.read(spark, USER_SEQUENCES).groupBy("split", "label").count().collect()
         data["labels"] = {(r["split"], int(r["label"])): r["count"] for r in rows}
     scores = lake.read(spark, USER_SCORES).filter(F.col("score_date") == F.lit(score_date))
-    score_row = scores.agg(F.count(F.lit(1)).alias("n"), F.first("model_version").alias("version")).first()
+    name = F.first("model_name") if "model_name" in scores.columns else F.lit(None)
+    score_row = scores.agg(F.count(F.lit(1)).alias("n"), F.first("model_version").alias("version"),
+                           name.alias("name")).first()
     data["users_scored"] = score_row["n"]
     data["models"] = _model_metrics(lake, score_row["version"])
+    data["champion"] = _champion(lake, score_row["name"], score_row["version"])
     segments = lake.read(spark, SEGMENTS)
     data["segments"] = {r["segment"]: r["users"] for r in segments.orderBy(F.desc("users"), "segment").collect()}
     actions = lake.read(spark, MARKETING_ACTIONS).groupBy("action").count()
@@ -260,9 +271,11 @@ def _section_models(data: dict, k: int) -> str:
     if not models:
         return _note("No trained model on the lake.")
     rows, roc, pr, calibration, lift, gain, notes = [], {}, {}, {}, {}, {}, []
+    scored_with = (data.get("champion") or {}).get("scored_with")
     for name, (version, metrics) in models.items():
         test = metrics.get("test", {})
-        rows.append((name, version, test.get("n"), test.get("positive_rate"), test.get("roc_auc"),
+        rows.append((name + (" (scores the users)" if name == scored_with else ""), version, test.get("n"),
+                     test.get("positive_rate"), metrics.get("valid", {}).get("roc_auc"), test.get("roc_auc"),
                      test.get("avg_precision"), test.get("brier")))
         n, rate = test.get("n") or 0, test.get("positive_rate") or 0.0
         positives, negatives = round(n * rate), n - round(n * rate)
@@ -284,8 +297,11 @@ def _section_models(data: dict, k: int) -> str:
             if len(deciles) < len(test.get("decile_lift", [])):
                 notes.append(f"{name}: deciles with fewer than {k} test users are merged with their neighbours "
                              f"({len(deciles)} buckets shown).")
-    parts = [_note("Test split of each model (the split no model was tuned on)."),
-             _table(("model", "version", "test users", "positive rate", "ROC-AUC", "avg precision", "Brier"), rows)]
+    parts = [_champion_note(data.get("champion")),
+             _note("Validation ROC-AUC (what the champion is chosen by) and the test split of each model (the split no "
+                   "model was tuned or chosen on)."),
+             _table(("model", "version", "test users", "positive rate", "valid ROC-AUC", "test ROC-AUC",
+                     "avg precision", "Brier"), rows)]
     if roc:
         parts.append(line_plot("ROC curve (test)", "false positive rate", "true positive rate", roc, diagonal=True, step=True))
         parts.append(line_plot("Precision-recall curve (test)", "recall", "precision", pr, step=True))
@@ -298,6 +314,22 @@ def _section_models(data: dict, k: int) -> str:
         parts.append(line_plot("Cumulative gain (test)", "share of users, highest scores first", "share of buyers captured",
                                gain, diagonal=True))
     return "".join(parts) + "".join(_note(n) for n in notes)
+
+
+def _champion_note(champion: dict[str, Any] | None) -> str:
+    if not champion:
+        return _note("The scores name no model chosen on validation (scored before champions, or by a forced model).")
+    text = f"The users are scored with {champion['model']} (version {champion['version']})"
+    if champion.get("chosen") and champion["chosen"] != champion["model"]:
+        return _note(text + f", set by score.model; the train stage's champion was {champion['chosen']}.")
+    if champion.get("reason"):
+        text += f": {champion['reason']}"
+    versus = champion.get("champion_vs_best_baseline") or {}
+    if versus.get("delta") is not None:
+        low, high = versus["ci"]
+        text += (f". On test, after the choice: {versus['delta']:+.3f} ROC-AUC against {versus['baseline']} "
+                 f"(paired bootstrap 95% interval {low:+.3f} to {high:+.3f})")
+    return _note(text + ".")
 
 
 def _section_counts(title: str, counts: dict[str, int], k: int, what: str, *, limit: int | None = None,

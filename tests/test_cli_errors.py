@@ -97,14 +97,14 @@ def test_accounting_error(spark, tiny_source, tmp_path, monkeypatch, caplog):
 def test_leakage_error(spark, tiny_source, tmp_path, monkeypatch, caplog):
     assert main("clean", settings(tmp_path, tiny_source)) == 0
     caplog.clear()
-    # Planted: correct fusing never uses an event at or after the cutoff, so the leak check is shown
-    # the written features plus one user whose last event falls a second after it.
-    leaked_rows = fuse.leaked_rows
+    # Planted: a leaking feature. Every feature takes its history through `events_before`; made to let
+    # a week past the cutoff through, the features of the users who bought again in it (u2, u4, u6)
+    # see the future, and the real leak check must stop the run before anything is trained on it.
+    events_before = fuse.events_before
 
-    def seeing_a_leak(fused):
-        leak = fused.limit(1).withColumn("last_event_ts", F.col("as_of_ts") + F.expr("INTERVAL 1 SECOND"))
-        return leaked_rows(fused.unionByName(leak))
+    def a_week_too_far(events, *, as_of):
+        return events_before(events, as_of=dt.datetime.fromisoformat(CUTOFF) + dt.timedelta(days=7))
 
-    monkeypatch.setattr(fuse, "leaked_rows", seeing_a_leak)
+    monkeypatch.setattr(fuse, "events_before", a_week_too_far)
     assert main("fuse", settings(tmp_path, tiny_source)) == 2
-    assert_one_error_line(caplog, "fuse failed: 1 users' features use events at or after the cutoff 2020-03-01")
+    assert_one_error_line(caplog, "fuse failed: 3 users' features use events at or after the cutoff 2020-03-01")

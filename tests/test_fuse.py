@@ -230,3 +230,55 @@ def test_leak_check_compares_with_the_cutoff_instant_not_its_day(hourly_tables):
         tampered = fused.withColumn("last_event_ts", F.when(F.col("user_id") == "a", F.lit(leaked_at))
                                     .otherwise(F.col("last_event_ts")))
         assert [r["user_id"] for r in fuse.leaked_rows(tampered).collect()] == caught, leaked_at
+
+
+def test_item_attributes_fill_the_events_category_and_brand_in_features_and_text(spark):
+    """A source whose events carry no category or brand but whose item catalogue does (a preset's
+    `item_source`): the category counts and the text see the catalogue's values; an event's own wins."""
+    events = events_frame(spark, [
+        ("a", dt.datetime(2020, 1, 1), "purchase", "i1", 1.0, 1.0, None, "o1"),
+        ("a", dt.datetime(2020, 1, 2), "purchase", "i2", 1.0, 1.0, None, "o2"),
+        ("a", dt.datetime(2020, 1, 3), "view", "i3", None, None, None, None),
+    ]).withColumn("category", F.when(F.col("item_id") == "i3", F.lit("own category")))
+    users = spark.createDataFrame([], schema.USERS)
+    items = spark.createDataFrame([("i1", None, "mugs", "acme", 1.0, None), ("i2", None, "pots", None, 1.0, None),
+                                   ("i3", None, "mugs", None, 1.0, None)], schema.ITEMS)
+    (row,) = fuse.fuse_user_sequences(events, users, items, as_of=CUTOFF, max_events=10).collect()
+    assert row["n_distinct_categories"] == 3.0  # mugs, pots and the event's own category of i3
+    assert row["text"] == "01-01 purchase mugs 1.00 ; 01-02 purchase pots 1.00 ; 01-03 view own category"
+    (filled,) = fuse.with_item_attributes(events, items).filter("item_id = 'i1'").collect()
+    assert (filled["category"], filled["brand"]) == ("mugs", "acme")
+
+
+def test_events_after_the_cutoff_change_no_fused_feature_text_or_label(tables, spark):
+    """Leakage, for every column at once: events appended at and after the cutoff (new items, other
+    event types, a review, a new user) leave every fused row as it was; events after the label
+    window leave the labels as they were too."""
+    events, users, items = tables
+    horizon = dt.timedelta(days=30)
+    later = events_frame(spark, [
+        ("a", dt.datetime(2020, 3, 1), "view", "i9", 99.0, 1.0, None, None),           # at the cutoff instant
+        ("a", dt.datetime(2020, 3, 2), "purchase", "i1", 50.0, 3.0, None, "late-1"),
+        ("b", dt.datetime(2020, 3, 10), "search", None, None, None, "leaked query", None),
+        ("b", dt.datetime(2020, 3, 30, 23), "purchase", "i2", 5.0, 1.0, None, "late-2"),  # inside the label window
+        ("c", dt.datetime(2020, 5, 1), "return", "i1", 10.0, 1.0, None, "late-3"),
+        ("e", dt.datetime(2020, 3, 3), "purchase", "i1", 10.0, 1.0, None, "late-4"),    # a user first seen after it
+    ])
+    reviews = spark.createDataFrame([("a", "i1", dt.datetime(2020, 1, 5), 4.0, "lovely mug", "unit")], schema.REVIEWS)
+    later_reviews = reviews.unionByName(spark.createDataFrame(
+        [("a", "i1", dt.datetime(2020, 3, 1, 12), 1.0, "leaked review", "unit")], schema.REVIEWS))
+    extended = events.unionByName(later)
+
+    def fused(history, written, labelled_by=None):
+        labels = None if labelled_by is None else fuse.point_in_time_labels(labelled_by, cutoff=CUTOFF, horizon=horizon)
+        return fuse.fuse_user_sequences(history, users, items, as_of=CUTOFF, max_events=10, population="any_event",
+                                        labels=labels, reviews=written)
+
+    # Features and text: any event at or after the cutoff is invisible.
+    assertDataFrameEqual(fused(extended, later_reviews), fused(events, reviews))
+    # Labels too, for events after the label window; inside it they are the label (b buys: 0 -> 1).
+    after_window = extended.filter(F.col("ts") >= F.lit(dt.datetime(2020, 3, 31)))
+    assertDataFrameEqual(fused(events.unionByName(after_window), reviews, events.unionByName(after_window)),
+                         fused(events, reviews, events))
+    labels = {r["user_id"]: r["label"] for r in fused(extended, later_reviews, extended).collect()}
+    assert labels["b"] == 1 and "e" not in labels

@@ -34,8 +34,9 @@ def purchase(user, day, item, price, basket=None):
 
 def scores_frame(spark, probabilities):
     """Scores as the score stage writes them: day-wide `score_decile` from the same cut points."""
-    scores = spark.createDataFrame([(u, p, "v1", SCORE_DATE) for u, p in probabilities.items()],
-                                   "user_id string, probability double, model_version string, score_date date")
+    scores = spark.createDataFrame([(u, p, "gbt", "v1", SCORE_DATE) for u, p in probabilities.items()],
+                                   "user_id string, probability double, model_name string, model_version string, "
+                                   "score_date date")
     return with_score_decile(scores, cut_points=scores.approxQuantile("probability", [i / 10 for i in range(1, 10)], 1e-4))
 
 
@@ -141,7 +142,7 @@ def test_propensity_deciles_bands_and_segments(profiles):
         "u4": (0.2, 9, "low", "low_dormant"),
         "u5": (0.1, 10, "low", "low_dormant"),
     }
-    assert {(r["model_version"], r["score_date"]) for r in profiles.values()} == {("v1", SCORE_DATE)}
+    assert {(r["model_name"], r["model_version"], r["score_date"]) for r in profiles.values()} == {("gbt", "v1", SCORE_DATE)}
 
 
 def test_ten_users_fill_the_ten_deciles_and_users_without_events_are_prospects(spark, shop):

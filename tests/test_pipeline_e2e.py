@@ -60,7 +60,7 @@ def test_training_table_obeys_label_and_split_invariants(pipeline_run):
 def test_metrics_are_real_numbers_for_every_model(pipeline_run):
     _, _, lake, summary = pipeline_run
     train = summary["train"]
-    for model in ("lr", "gbt", "transformer"):
+    for model in ("lr", "gbt", "transformer", "hybrid"):
         metrics = read_json(Path(train.model_dirs[model]) / "metrics.json")
         for split in ("valid", "test"):
             for key in ("accuracy", "f1", "roc_auc", "avg_precision"):
@@ -72,12 +72,35 @@ def test_metrics_are_real_numbers_for_every_model(pipeline_run):
             assert 0.0 <= metrics[split]["brier"] <= 1.0
         lineage = read_json(Path(train.model_dirs[model]) / "lineage.json")
         assert lineage["data_fingerprint"] and lineage["config"]["fuse"]["cutoff"] == "2011-09-10"
+        assert lineage["champion"] == train.champion
     # The baselines must beat chance on this label (reference LR AUC on the complete data: 0.81).
     assert train.metrics["lr"]["test"]["roc_auc"] > 0.65 and train.metrics["gbt"]["test"]["roc_auc"] > 0.65
     assert set(read_json(Path(train.model_dirs["gbt"]) / "metrics.json")["feature_importances"]) >= {"recency_days"}
     transformer_dir = Path(train.model_dirs["transformer"])
     assert (transformer_dir / "model.safetensors").is_file() and (transformer_dir / "head.safetensors").is_file()
     assert not list(transformer_dir.glob("*.bin")) and not list(transformer_dir.glob("*.pt"))
+
+
+def test_the_champion_is_the_best_model_on_validation_and_scores_the_users(pipeline_run):
+    spark, _, lake, summary = pipeline_run
+    train = summary["train"]
+    valid = {name: train.metrics[name]["valid"]["roc_auc"] for name in ("lr", "gbt", "transformer", "hybrid")}
+    champion = train.champion
+    assert champion["model"] == max(valid, key=valid.get) and champion["reason"].startswith("highest validation ROC-AUC")
+    assert [(r["model"], r["valid_roc_auc"]) for r in champion["ranking"]] == sorted(valid.items(), key=lambda i: -i[1])
+    versus = champion["champion_vs_best_baseline"]
+    assert versus["baseline"] in ("lr", "gbt") and versus["ci"][0] <= versus["delta"] <= versus["ci"][1]
+    assert read_json(lake.report_dir("e2e") / "train.json")["champion"] == champion
+    pointer = read_json(lake.champion_pointer())
+    assert (pointer["model"], pointer["version"]) == (champion["model"], train.version)
+    # The hybrid's stacker weighs the three single models of the same run.
+    stacker = read_json(Path(train.model_dirs["hybrid"]) / "stacker.json")
+    assert stacker["components"] == ["lr", "gbt", "transformer"] and set(stacker["component_versions"].values()) == {train.version}
+    scores = spark.read.parquet(lake.table_path(USER_SCORES)).filter(F.col("score_date") == summary["score"].score_date)
+    assert {(r["model_name"], r["model_version"]) for r in scores.select("model_name", "model_version").distinct().collect()} \
+        == {(champion["model"], train.version)}
+    assert (summary["score"].model_name, summary["insights"].scored_with["model_name"]) == (champion["model"],) * 2
+    assert f"scored with {champion['model']}" in (lake.report_dir("e2e") / "report.html").read_text()
 
 
 def test_scores_cover_every_user_once_and_are_readable_by_duckdb(pipeline_run):
@@ -174,7 +197,8 @@ def test_a_scoring_run_whose_model_fails_leaves_the_previous_partition_readable(
     shutil.copytree(lake.model_dir("transformer", version), broken)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    config = load_config("local", [f"lake={lake.root}", "score.model_version=vbroken", f"score.score_date={day}"])
+    config = load_config("local", [f"lake={lake.root}", "score.model=transformer", "score.model_version=vbroken",
+                                   f"score.score_date={day}"])
     with pytest.raises(Exception, match="(?i)safetensors|header|incomplete|deserializ"):
         run_score(spark, config, lake, "e2e-broken-model")
     assert _day_rows(spark, lake, day) == before
@@ -239,8 +263,12 @@ def test_profiles_use_the_score_deciles_and_top_users_are_explained(pipeline_run
     top = scores.filter(F.col("score_decile") == 1).count()
     assert len(rows) == summary["score"].users_explained == min(top, config.insights.explain.max_users) > 0
     assert {r["score_decile"] for r in rows} == {1}
+    explains_the_score = summary["score"].model_name == "transformer"
     for row in rows:
-        assert row["explained_probability"] == pytest.approx(row["probability"], abs=1e-4)
+        # The transformer is explained; its probability is the score only where it is the scoring model.
+        if explains_the_score:
+            assert row["explained_probability"] == pytest.approx(row["probability"], abs=1e-4)
+        assert 0.0 <= row["explained_probability"] <= 1.0
         assert len(row["events"]) <= config.insights.explain.top_events and row["events_occluded"] >= len(row["events"])
         contributions = [e["contribution"] for e in row["events"]]
         assert contributions == sorted(contributions, reverse=True) and all(c > 0 for c in contributions)

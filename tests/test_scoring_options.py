@@ -87,3 +87,16 @@ def test_score_precision_is_validated():
     assert load_config("local", ["score.precision=onnx"]).score.precision == "onnx"
     with pytest.raises(ConfigError, match="score.precision: 'fp16' is not one of fp32, int8, onnx, bf16"):
         load_config("local", ["score.precision=fp16"])
+
+
+def test_loading_a_saved_classifier_reports_no_missing_pooler(tiny_classifier, caplog):
+    """The saved encoder has no pooler (the classifier mean-pools); loading it must not log a
+    `LOAD REPORT ... MISSING pooler` block, nor rebuild an unused pooler."""
+    import logging
+
+    from ecominsight.models.classifier import load_classifier
+
+    with caplog.at_level(logging.INFO):
+        model, *_ = load_classifier(tiny_classifier)
+    assert "LOAD REPORT" not in caplog.text and "pooler" not in caplog.text
+    assert getattr(model.encoder, "pooler", None) is None

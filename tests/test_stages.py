@@ -67,7 +67,7 @@ def test_training_spec_comes_from_the_settings_and_keeps_the_old_checkpoint_key(
     assert text_only.numeric_features == ()
 
 
-def test_baselines_are_built_from_their_settings():
+def test_baselines_are_built_from_their_settings(spark):  # MLlib estimators need a live session
     pipelines = baseline_pipelines(TrainConfig())
     assert list(pipelines) == ["lr", "gbt"]
     assert pipelines["gbt"].getStages()[-1].getMaxDepth() == TrainConfig().gradient_boosted_trees.max_depth

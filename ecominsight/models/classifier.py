@@ -120,12 +120,27 @@ def save_classifier(model: TextAndNumbersClassifier, tokenizer: Any, scaler: Num
     (directory / META_FILE).write_text(json.dumps({"numeric": scaler.to_json(), "max_length": max_length}, indent=2))
 
 
+def _without_pooler(directory: Path) -> dict[str, bool]:
+    """`add_pooling_layer=False` where the encoder's class takes it (BERT, RoBERTa, XLM-R...): the saved
+    encoder has no pooler (the classifier mean-pools and drops it), and building one would only be
+    reported as missing weights at every load. Classes without a pooler get no argument."""
+    import inspect
+
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    config = AutoConfig.from_pretrained(directory)
+    model_class = MODEL_MAPPING.get(type(config), None)
+    takes_it = model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+    return {"add_pooling_layer": False} if takes_it else {}
+
+
 def load_classifier(directory: str | Path) -> tuple[TextAndNumbersClassifier, Any, NumericScaler, int]:
     """Load what `save_classifier` wrote, safetensors only. Returns (model in eval mode, tokenizer, scaler, max_length)."""
     directory = Path(directory)
     meta = json.loads((directory / META_FILE).read_text())
     scaler = NumericScaler(**meta["numeric"])
-    encoder = AutoModel.from_pretrained(directory, use_safetensors=True)
+    encoder = AutoModel.from_pretrained(directory, use_safetensors=True, **_without_pooler(directory))
     model = TextAndNumbersClassifier(encoder, len(scaler.names))
     model.head.load_state_dict(load_file(str(directory / HEAD_FILE)))
     return model.eval(), AutoTokenizer.from_pretrained(directory), scaler, int(meta["max_length"])

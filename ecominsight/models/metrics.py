@@ -114,6 +114,8 @@ def binary_metrics(labels: Sequence[int], probabilities: Sequence[float], *, thr
         "n": int(y.size),
         "positive_rate": float(y.mean()) if y.size else None,
         "all_negative_accuracy": float(1 - y.mean()) if y.size else None,
+        # The accuracy of always answering the commoner class: what `accuracy` has to beat.
+        "majority_class_accuracy": float(max(y.mean(), 1 - y.mean())) if y.size else None,
         "threshold": float(threshold),
         "accuracy": float(accuracy_score(y, predicted)) if y.size else None,
         "f1": float(f1_score(y, predicted, zero_division=0)) if y.size else None,

@@ -1,4 +1,5 @@
-"""Model versions on the lake: `models/<name>/<version>/` plus a `LATEST` pointer file."""
+"""Model versions on the lake: `models/<name>/<version>/` plus a `LATEST` pointer file per model, and
+`models/CHAMPION` naming the model and version that score the users."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pyspark.sql import functions as F
 
 from ecominsight import __version__
 from ecominsight.errors import LakeError
-from ecominsight.io import LATEST, Lake, write_text_atomic
+from ecominsight.io import LATEST, Lake, read_json, write_json, write_text_atomic
 
 
 def new_version(fingerprint: str) -> str:
@@ -61,3 +62,21 @@ def resolve_version(lake: Lake, name: str, version: str) -> str:
     if not lake.model_dir(name, version).is_dir():
         raise LakeError(f"model {name!r} version {version!r} does not exist at {lake.model_dir(name, version)}")
     return version
+
+
+def publish_champion(lake: Lake, name: str, version: str, *, reason: str) -> None:
+    """Point `models/CHAMPION` at `models/<name>/<version>` (written atomically, after its LATEST)."""
+    write_json(lake.champion_pointer(), {"model": name, "version": version, "reason": reason})
+
+
+def resolve_champion(lake: Lake) -> tuple[str, str] | None:
+    """(model name, version) of `models/CHAMPION`, checked like any version; None on a lake trained
+    before champions existed."""
+    pointer = lake.champion_pointer()
+    if not pointer.is_file():
+        return None
+    record = read_json(pointer)
+    name = str(record["model"])
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
+        raise LakeError(f"{pointer} names {name!r}, which is not a model name")
+    return name, resolve_version(lake, name, str(record["version"]))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Mapping
 
 from pyspark.ml.functions import predict_batch_udf
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType
 
+from ecominsight.models.champion import LOGIT_EPSILON, Stacker
 from ecominsight.models.classifier import META_FILE
 
 
@@ -81,14 +83,26 @@ def with_score_decile(scored: DataFrame, *, cut_points: list[float]) -> DataFram
     return scored.withColumn("score_decile", (F.lit(10) - above).cast("int"))
 
 
-def users_to_rescore(current: DataFrame, previous: DataFrame, *, model_version: str) -> DataFrame:
+def users_to_rescore(current: DataFrame, previous: DataFrame, *, model_name: str, model_version: str) -> DataFrame:
     """Rows of `current` that need a new score: new users, users with events newer than the ones
-    their previous score saw, and everyone whose previous score came from another model."""
-    seen = previous.select("user_id", F.col("last_event_ts").alias("_scored_ts"), F.col("model_version").alias("_scored_by"))
+    their previous score saw, and everyone whose previous score came from another model (another
+    name, such as a new champion, or another version; a row without a name counts as another)."""
+    seen = previous.select("user_id", F.col("last_event_ts").alias("_scored_ts"),
+                           F.col("model_name").alias("_scored_name"), F.col("model_version").alias("_scored_by"))
     joined = current.join(seen, "user_id", "left")
-    stale = (F.col("_scored_ts").isNull() | (F.col("last_event_ts") > F.col("_scored_ts"))
-             | (F.col("_scored_by") != F.lit(model_version)))
-    return joined.filter(stale | F.col("last_event_ts").isNull()).drop("_scored_ts", "_scored_by")
+    same_model = F.col("_scored_name").eqNullSafe(F.lit(model_name)) & F.col("_scored_by").eqNullSafe(F.lit(model_version))
+    stale = F.col("_scored_ts").isNull() | (F.col("last_event_ts") > F.col("_scored_ts")) | ~same_model
+    return joined.filter(stale | F.col("last_event_ts").isNull()).drop("_scored_ts", "_scored_name", "_scored_by")
+
+
+def stacked_probability(stacker: Stacker, probabilities: Mapping[str, Column]) -> Column:
+    """Column expression of `stacker.predict`: sigmoid(intercept + Σ w · logit(p)), each component's
+    probability clipped as in training (ecominsight/models/champion.py)."""
+    z = F.lit(stacker.intercept)
+    for name, weight in zip(stacker.components, stacker.coefficients):
+        p = F.least(F.greatest(probabilities[name].cast("double"), F.lit(LOGIT_EPSILON)), F.lit(1 - LOGIT_EPSILON))
+        z = z + F.lit(weight) * F.log(p / (F.lit(1.0) - p))
+    return F.lit(1.0) / (F.lit(1.0) + F.exp(-z))
 
 
 def carried_scores(current: DataFrame, previous: DataFrame, rescored_users: DataFrame) -> DataFrame:

@@ -18,6 +18,8 @@ from ecominsight.errors import ModelPathError
 log = logging.getLogger(__name__)
 
 SHIPPED_MINILM = "minilm"
+# The chosen epoch's validation and test probabilities per user, beside metrics.json.
+PREDICTIONS_FILE = "predictions.json"
 # CJK Unified Ideographs (+ extension A) and the compatibility block, as Java regex ranges.
 CJK_RANGES = r"\x{3400}-\x{4DBF}\x{4E00}-\x{9FFF}\x{F900}-\x{FAFF}"
 
@@ -71,7 +73,7 @@ def _read_split(data_path: str, split: str, numeric_columns: list[str]) -> dict[
         columns=["user_id", "text", "label", *numeric_columns], filter=ds.field("split") == split
     )
     frame = table.to_pandas().sort_values("user_id", kind="stable").reset_index(drop=True)
-    return {"text": frame["text"].tolist(), "label": frame["label"].astype(int).to_numpy(),
+    return {"user_id": frame["user_id"].tolist(), "text": frame["text"].tolist(), "label": frame["label"].astype(int).to_numpy(),
             "numeric": frame[numeric_columns].to_numpy(dtype="float64")}
 
 
@@ -227,7 +229,7 @@ def train_worker(spec: TrainSpec) -> None:
     # is still judged on the same users.
     n_train_available = len(data["train"]["text"])
     kept = stratified_sample(data["train"]["label"], spec.max_train_users, seed=seed)
-    data["train"] = {"text": [data["train"]["text"][i] for i in kept], "label": data["train"]["label"][kept],
+    data["train"] = {"user_id": [data["train"]["user_id"][i] for i in kept], "text": [data["train"]["text"][i] for i in kept], "label": data["train"]["label"][kept],
                      "numeric": data["train"]["numeric"][kept]}
     if rank == 0 and len(kept) < n_train_available:
         log.info("training on %d of %d train users (train.transformer.max_train_users)", len(kept), n_train_available)
@@ -371,6 +373,11 @@ def train_worker(spec: TrainSpec) -> None:
             "world_size": world,
             "ranks": placements,
         })
+        # Per-user probabilities of the chosen weights: the train stage stacks them with the baselines'.
+        write_json(output / PREDICTIONS_FILE, {
+            split: {"user_id": data[split]["user_id"], "label": data[split]["label"].tolist(),
+                    "probability": probabilities.tolist()}
+            for split, probabilities in (("valid", valid_probabilities), ("test", test_probabilities))})
     dist.barrier()
     dist.destroy_process_group()
 

@@ -35,11 +35,14 @@ class InsightsResult(StageResult):
     action_counts: dict[str, int]
     paths: dict[str, str]
     report: str  # report.html
+    # the model whose probability `propensity` is, as the day's score rows name it (null before champions)
+    scored_with: dict[str, str | None]
 
     def describe(self, lake: Lake) -> list[str]:
         lines = [f"  insights: {path}  ({self.rows[table]} rows, score_date {self.score_date})"
                  for table, path in self.paths.items()]
-        return [*lines, f"  report:  {self.report}"]
+        return [*lines, f"  propensity from: {self.scored_with['model_name']} {self.scored_with['model_version']}",
+                f"  report:  {self.report}"]
 
 
 def segment_rules(settings: InsightsConfig) -> dict[str, Any]:
@@ -58,6 +61,8 @@ def run_insights(spark: SparkSession, config: Config, lake: Lake, run_id: str) -
     scores = lake.read(spark, USER_SCORES)
     score_date = dt.date.fromisoformat(settings.score_date) if settings.score_date else scores.agg(F.max("score_date")).first()[0]
     day_scores = scores.filter(F.col("score_date") == F.lit(score_date))
+    if "model_name" not in day_scores.columns:
+        day_scores = day_scores.withColumn("model_name", F.lit(None).cast("string"))  # scored before champions
     if score_date is None or day_scores.isEmpty():
         raise LakeError(f"scores/user_scores has no rows for score_date {score_date}; run the 'score' stage for that "
                         "day, or leave insights.score_date unset to describe the latest scores")
@@ -97,7 +102,10 @@ def run_insights(spark: SparkSession, config: Config, lake: Lake, run_id: str) -
     for table, frame in tables.items():
         paths[table.name] = lake.write(privacy.drop_personal(frame, personal), table)
     written = {table.name: lake.read(spark, table) for table in (USER_PROFILES, *tables)}
+    scored_with = day_scores.agg(F.first("model_name").alias("model_name"),
+                                 F.first("model_version").alias("model_version")).first()
     result = InsightsResult(
+        scored_with=scored_with.asDict(),
         score_date=score_date.isoformat(),
         rows={name: frame.count() for name, frame in written.items()},
         segment_sizes=dict(sorted((r["segment"], r["users"]) for r in written[SEGMENTS.name].collect())),

@@ -8,25 +8,29 @@ import datetime as dt
 import logging
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ecominsight import privacy
 from ecominsight.catalog import CURRENT_SEQUENCES, EXPLANATIONS, USER_SCORES
-from ecominsight.config import Config, ExplainConfig
+from ecominsight.config import Config, ExplainConfig, ScoreConfig
+from ecominsight.errors import LakeError
 from ecominsight.io import Lake, read_json
 from ecominsight.session import default_parallelism
 from ecominsight.stages.base import StageResult
-from ecominsight.stages.train import LR_MODEL, TRANSFORMER_MODEL
+from ecominsight.stages.train import GBT_MODEL, LR_MODEL, TRANSFORMER_MODEL
 
 log = logging.getLogger(__name__)
 
-SCORE_COLUMNS = ("user_id", "probability", "baseline_probability", "model_version", "baseline_model_version",
-                 "last_event_ts")
+# `probability` is the scoring model's (the champion by default), named by `model_name` and
+# `model_version`; the LR baseline's probability rides along, as before champions existed.
+SCORE_COLUMNS = ("user_id", "probability", "model_name", "model_version", "baseline_probability",
+                 "baseline_model_version", "last_event_ts")
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoreResult(StageResult):
+    model_name: str
     model_version: str
     baseline_model_version: str
     score_date: str  # ISO day
@@ -46,6 +50,9 @@ def _latest_scores(spark: SparkSession, lake: Lake, *, on_or_before: dt.date) ->
     if not lake.exists(USER_SCORES):
         return None
     scores = lake.read(spark, USER_SCORES)
+    if "model_name" not in scores.columns:
+        # Written before champions: no name, so every such row is rescored once.
+        scores = scores.withColumn("model_name", F.lit(None).cast("string"))
     latest = scores.filter(F.col("score_date") <= F.lit(on_or_before)).agg(F.max("score_date")).first()[0]
     return None if latest is None else scores.filter(F.col("score_date") == F.lit(latest)).select(*SCORE_COLUMNS)
 
@@ -54,24 +61,48 @@ def _scores_of(spark: SparkSession, lake: Lake, table, day: dt.date) -> DataFram
     return lake.read(spark, table).filter(F.col("score_date") == F.lit(day))
 
 
+def scoring_model(lake: Lake, settings: ScoreConfig) -> tuple[str, str]:
+    """(model name, version) that scores the users: `score.model=champion` takes models/CHAMPION (a lake
+    trained before champions: the transformer's LATEST); `score.model_version` other than `latest`
+    picks a version of that model."""
+    from ecominsight.models import registry
+
+    name = settings.model
+    if name == "champion":
+        champion = registry.resolve_champion(lake)
+        if champion is None:
+            log.warning("score: no models/CHAMPION on this lake (trained before champions); scoring with the transformer")
+            name = TRANSFORMER_MODEL
+        else:
+            name = champion[0]
+            if settings.model_version == "latest":
+                return champion
+    return name, registry.resolve_version(lake, name, settings.model_version)
+
+
+def _same_run_or_latest(lake: Lake, name: str, version: str) -> str:
+    from ecominsight.models import registry
+
+    return registry.resolve_version(lake, name, version if lake.model_dir(name, version).is_dir() else "latest")
+
+
 def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> ScoreResult:
-    """Every current user scored by the transformer (and the LR baseline beside it) for one day.
+    """Every current user scored by the scoring model (the champion by default; the LR baseline beside
+    it) for one day.
 
     `score.mode=full` rescores everyone; `incremental` rescores only users with events newer than
-    their last score (or a new model) and carries the other rows forward into the day's partition."""
-    from pyspark.ml import PipelineModel
-
-    from ecominsight.models import baseline, registry
+    their last score (or a new model: another name or version) and carries the other rows forward
+    into the day's partition."""
+    from ecominsight.models import champion as champions
     from ecominsight.models.scoring import (
-        SCORE_TASKS_PER_CORE, carried_scores, decile_cut_points, prepare_for_scoring, transformer_probability,
-        users_to_rescore, with_score_decile,
+        SCORE_TASKS_PER_CORE, carried_scores, decile_cut_points, prepare_for_scoring, users_to_rescore, with_score_decile,
     )
 
     settings = config.score
-    version = registry.resolve_version(lake, TRANSFORMER_MODEL, settings.model_version)
+    name, version = scoring_model(lake, settings)
     # The baseline of the same training run where it exists, else the newest one.
-    lr_version = registry.resolve_version(lake, LR_MODEL, version if lake.model_dir(LR_MODEL, version).is_dir() else "latest")
-    model_dir = lake.model_dir(TRANSFORMER_MODEL, version)
+    lr_version = _same_run_or_latest(lake, LR_MODEL, version)
+    transformer_dir = lake.model_dir(TRANSFORMER_MODEL, _same_run_or_latest(lake, TRANSFORMER_MODEL, version))
     # Pseudonyms from the start: incremental mode then compares them with the stored ones.
     current = privacy.pseudonymise(lake.read(spark, CURRENT_SEQUENCES), privacy.resolve_key(lake.key_file()))
     as_of = current.agg(F.max("as_of")).first()[0]
@@ -81,20 +112,22 @@ def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> S
     if previous is not None:
         # Cut the lineage: the day's partition may be the one this run overwrites.
         previous = previous.localCheckpoint(eager=True)
-        to_score = users_to_rescore(current, previous, model_version=version)
+        to_score = users_to_rescore(current, previous, model_name=name, model_version=version)
         carried = carried_scores(current, previous, to_score)
     else:
         to_score, carried = current, None
 
-    lr_model = PipelineModel.load(str(lake.model_dir(LR_MODEL, lr_version) / "spark_model"))
     to_score = prepare_for_scoring(to_score, tasks=SCORE_TASKS_PER_CORE * default_parallelism(spark))
-    probability = transformer_probability(F.col("text"), str(model_dir), batch_size=settings.batch_size,
-                                          torch_threads=settings.torch_threads, precision=settings.precision)
-    scored = baseline.with_probability(lr_model, to_score).select(
+    components = _component_versions(lake, name, version)
+    with_components = _with_component_probabilities(to_score, lake, components, settings)
+    probability = (_stacked(lake, version) if name == champions.HYBRID_MODEL
+                   else F.col(_probability_column(name)))
+    scored = with_components.select(
         "user_id",
         probability.alias("probability"),
-        "baseline_probability",
+        F.lit(name).alias("model_name"),
         F.lit(version).alias("model_version"),
+        F.col(_probability_column(LR_MODEL)).alias("baseline_probability"),
         F.lit(lr_version).alias("baseline_model_version"),
         "last_event_ts",
     )
@@ -107,14 +140,63 @@ def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> S
     path = lake.write(final.select(*SCORE_COLUMNS, "score_decile", "score_date"), USER_SCORES)
     n_scored = _scores_of(spark, lake, USER_SCORES, score_date).count()
     result = ScoreResult(
-        model_version=version, baseline_model_version=lr_version, score_date=score_date.isoformat(), mode=settings.mode,
-        precision=settings.precision, users_scored=n_scored, users_rescored=n_rescored if n_rescored is not None else n_scored,
-        path=path, users_explained=_explain_top_decile(spark, config.insights.explain, config.score.torch_threads, lake,
-                                                       current, score_date, model_dir))
+        model_name=name, model_version=version, baseline_model_version=lr_version, score_date=score_date.isoformat(),
+        mode=settings.mode, precision=settings.precision, users_scored=n_scored,
+        users_rescored=n_rescored if n_rescored is not None else n_scored, path=path,
+        users_explained=_explain_top_decile(spark, config.insights.explain, config.score.torch_threads, lake,
+                                            current, score_date, transformer_dir))
     result.write(lake, run_id, "score")
-    log.info("score: %d users in %s (%s rescored, %s mode) with model %s", n_scored, score_date,
-             result.users_rescored, settings.mode, version)
+    log.info("score: %d users in %s (%s rescored, %s mode) with model %s %s", n_scored, score_date,
+             result.users_rescored, settings.mode, name, version)
     return result
+
+
+def _probability_column(name: str) -> str:
+    return f"_{name}_probability"
+
+
+def _component_versions(lake: Lake, name: str, version: str) -> dict[str, str]:
+    """The single models whose probabilities this scoring needs, with their versions: the hybrid's
+    components as its stacker.json records them, else the model itself; LR always (it rides along)."""
+    from ecominsight.models import champion
+
+    if name == champion.HYBRID_MODEL:
+        needed = dict(read_json(lake.model_dir(name, version) / champion.STACKER_FILE)["component_versions"])
+    else:
+        needed = {name: version}
+    needed.setdefault(LR_MODEL, _same_run_or_latest(lake, LR_MODEL, version))
+    return needed
+
+
+def _with_component_probabilities(users: DataFrame, lake: Lake, components: dict[str, str],
+                                  settings: ScoreConfig) -> DataFrame:
+    """`users` plus `_<name>_probability` for each component (MLlib pipelines and the transformer's UDF)."""
+    from pyspark.ml import PipelineModel
+
+    from ecominsight.models import baseline
+    from ecominsight.models.scoring import transformer_probability
+
+    for name, version in sorted(components.items()):
+        model_dir = lake.model_dir(name, version)
+        if name in (LR_MODEL, GBT_MODEL):
+            users = baseline.with_probability(PipelineModel.load(str(model_dir / "spark_model")), users,
+                                              output_col=_probability_column(name))
+        elif name == TRANSFORMER_MODEL:
+            users = users.withColumn(_probability_column(name), transformer_probability(
+                F.col("text"), str(model_dir), batch_size=settings.batch_size, torch_threads=settings.torch_threads,
+                precision=settings.precision))
+        else:
+            raise LakeError(f"model {name!r} cannot be scored as a component")
+    return users
+
+
+def _stacked(lake: Lake, version: str) -> Column:
+    """The hybrid's probability as a column over its components' probability columns."""
+    from ecominsight.models import champion
+    from ecominsight.models.scoring import stacked_probability
+
+    stacker = champion.Stacker.from_dict(read_json(lake.model_dir(champion.HYBRID_MODEL, version) / champion.STACKER_FILE))
+    return stacked_probability(stacker, {name: F.col(_probability_column(name)) for name in stacker.components})
 
 
 def _explain_top_decile(spark: SparkSession, settings: ExplainConfig, torch_threads: int, lake: Lake, current: DataFrame,

@@ -1,4 +1,5 @@
-"""train: features/user_sequences -> models/{lr,gbt,transformer}/<version>/ (+ LATEST pointers)."""
+"""train: features/user_sequences -> models/{lr,gbt,transformer,hybrid}/<version>/ (+ LATEST pointers) and
+models/CHAMPION (the model with the best validation ROC-AUC, or the one `train.champion` forces)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ from ecominsight.stages.base import StageResult
 log = logging.getLogger(__name__)
 
 LR_MODEL, GBT_MODEL, TRANSFORMER_MODEL = "lr", "gbt", "transformer"
+# The single baselines the champion is measured against (on test, after the choice).
+BASELINES = (LR_MODEL, GBT_MODEL)
+STACKER_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,14 +34,18 @@ class TrainResult(StageResult):
     version: str
     metrics: dict[str, dict[str, Any]]  # model name -> its metrics.json
     model_dirs: dict[str, str]
+    # the chosen model, why, the validation ranking, and its test comparison with the best baseline
+    champion: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        """The train.json shape: each model's metrics under its name, beside the version and dirs."""
-        return {"version": self.version, **self.metrics, "model_dirs": self.model_dirs}
+        """The train.json shape: each model's metrics under its name, beside the version, dirs and champion."""
+        return {"version": self.version, **self.metrics, "model_dirs": self.model_dirs, "champion": self.champion}
 
     def describe(self, lake: Lake) -> list[str]:
-        return [f"  metrics: {path}/metrics.json  ({name}: test ROC-AUC {self.metrics[name]['test']['roc_auc']}, "
-                f"F1 {self.metrics[name]['test']['f1']})" for name, path in self.model_dirs.items()]
+        lines = [f"  metrics: {path}/metrics.json  ({name}: valid ROC-AUC {self.metrics[name]['valid']['roc_auc']}, "
+                 f"test ROC-AUC {self.metrics[name]['test']['roc_auc']}, F1 {self.metrics[name]['test']['f1']})"
+                 for name, path in self.model_dirs.items()]
+        return [*lines, f"  champion: {self.champion['model']} ({self.champion['reason']})"]
 
 
 def baseline_pipelines(settings: TrainConfig) -> dict[str, Any]:
@@ -74,29 +82,104 @@ def transformer_spec(settings: TransformerConfig, *, data_path: str, output_dir:
     )
 
 
-def _labels_and_probabilities(scored: DataFrame, split: str, column: str) -> tuple[list[int], list[float]]:
-    rows = scored.filter(F.col("split") == split).select("label", column).orderBy("user_id").collect()
-    return [r["label"] for r in rows], [r[column] for r in rows]
+# split -> {"user_id": [...], "label": [...], "probability": [...]}, users in user_id order
+Predictions = dict[str, dict[str, list]]
 
 
-def _fit_baseline(name: str, pipeline, data: DataFrame, lake: Lake, version: str, lineage: dict) -> dict[str, Any]:
-    """Fit an MLlib baseline on the train split, evaluate on valid/test, save model + metrics."""
-    from ecominsight.models import baseline
+def _split_predictions(scored: DataFrame, column: str) -> Predictions:
+    """The valid and test users' labels and `column`, each split ordered by user_id (collected: these
+    are the two held-out splits, a share of the users)."""
+    rows = scored.filter(F.col("split").isin("valid", "test")).select("split", "user_id", "label", column) \
+        .orderBy("split", "user_id").collect()
+    found: Predictions = {split: {"user_id": [], "label": [], "probability": []} for split in ("valid", "test")}
+    for row in rows:
+        found[row["split"]]["user_id"].append(row["user_id"])
+        found[row["split"]]["label"].append(int(row["label"]))
+        found[row["split"]]["probability"].append(float(row[column]))
+    return found
+
+
+def _evaluate(predictions: Predictions) -> dict[str, Any]:
     from ecominsight.models.metrics import evaluate_splits
 
+    return evaluate_splits(*((predictions[s]["label"], predictions[s]["probability"]) for s in ("valid", "test")))
+
+
+def _fit_baseline(name: str, pipeline, data: DataFrame, lake: Lake, version: str,
+                  lineage: dict) -> tuple[dict[str, Any], Predictions]:
+    """Fit an MLlib baseline on the train split, evaluate on valid/test, save model + metrics."""
+    from ecominsight.models import baseline
+
     model = pipeline.fit(data.filter(F.col("split") == "train"))
-    scored = baseline.with_probability(model, data, output_col="p")
-    metrics = evaluate_splits(_labels_and_probabilities(scored, "valid", "p"), _labels_and_probabilities(scored, "test", "p"))
-    metrics.update(baseline.explain(model))
+    predictions = _split_predictions(baseline.with_probability(model, data, output_col="p"), "p")
+    metrics = {**_evaluate(predictions), **baseline.explain(model)}
     model_dir = lake.model_dir(name, version)
     model.write().overwrite().save(str(model_dir / "spark_model"))
     write_json(model_dir / "metrics.json", metrics)
     write_json(model_dir / "lineage.json", {**lineage, "model": name})
     log.info("train: %s test ROC-AUC %s (95%% CI %s)", name, metrics["test"]["roc_auc"], metrics["test"]["roc_auc_ci"])
-    return metrics
+    return metrics, predictions
 
 
-def _train_transformer(settings: TransformerConfig, lake: Lake, train_split: DataFrame, lineage: dict) -> dict[str, Any]:
+def _aligned(predictions: dict[str, Predictions], components: tuple[str, ...], split: str) -> tuple[list, list, Any]:
+    """user ids, labels and the (n, k) component probabilities of one split, in the first component's
+    user order (every model scored the same users)."""
+    import numpy as np
+
+    reference = predictions[components[0]][split]
+    columns = []
+    for name in components:
+        by_user = dict(zip(predictions[name][split]["user_id"], predictions[name][split]["probability"]))
+        missing = [u for u in reference["user_id"] if u not in by_user]
+        if missing:
+            raise LakeError(f"model {name} has no {split} probability for {len(missing)} user(s), e.g. {missing[0]!r}")
+        columns.append([by_user[u] for u in reference["user_id"]])
+    return reference["user_id"], reference["label"], np.column_stack(columns)
+
+
+def _train_hybrid(predictions: dict[str, Predictions], lake: Lake, lineage: dict,
+                  component_versions: dict[str, str]) -> tuple[dict[str, Any], Predictions]:
+    """The stacker over the components' probabilities (ecominsight/models/champion.py) ->
+    models/hybrid/<version>/ with stacker.json, metrics.json and lineage.json."""
+    from ecominsight.models import champion
+
+    components = tuple(component_versions)
+    valid_users, valid_labels, valid_features = _aligned(predictions, components, "valid")
+    test_users, test_labels, test_features = _aligned(predictions, components, "test")
+    stacker, out_of_fold = champion.fit_stacker(components, valid_features, valid_labels, seed=STACKER_SEED)
+    hybrid: Predictions = {
+        "valid": {"user_id": valid_users, "label": valid_labels, "probability": out_of_fold.tolist()},
+        "test": {"user_id": test_users, "label": test_labels, "probability": stacker.predict(test_features).tolist()},
+    }
+    metrics = {**_evaluate(hybrid), "stacker": stacker.to_dict(), "component_versions": component_versions,
+               "valid_is_out_of_fold": True}
+    model_dir = lake.model_dir(champion.HYBRID_MODEL, lineage["version"])
+    write_json(model_dir / champion.STACKER_FILE, {**stacker.to_dict(), "component_versions": component_versions})
+    write_json(model_dir / "metrics.json", metrics)
+    write_json(model_dir / "lineage.json", {**lineage, "model": champion.HYBRID_MODEL, "components": component_versions})
+    log.info("train: hybrid %s test ROC-AUC %s (valid, out-of-fold: %s)", stacker.to_dict(), metrics["test"]["roc_auc"],
+             metrics["valid"]["roc_auc"])
+    return metrics, hybrid
+
+
+def _champion_record(predictions: dict[str, Predictions], metrics: dict[str, dict[str, Any]], forced: str) -> dict[str, Any]:
+    """The champion chosen on validation ROC-AUC, then (the choice made) its test ROC-AUC against the
+    better single baseline on test, as a paired bootstrap interval of the difference."""
+    from ecominsight.models import champion
+
+    record = champion.choose_champion({name: m["valid"]["roc_auc"] for name, m in metrics.items()}, forced=forced)
+    best_baseline = max(BASELINES, key=lambda name: metrics[name]["test"]["roc_auc"] or 0.0)
+    users, labels, test = _aligned(predictions, (record["model"], best_baseline), "test")
+    record["champion_vs_best_baseline"] = {
+        "baseline": best_baseline,
+        **champion.paired_bootstrap_difference(labels, test[:, 0], test[:, 1]),
+    }
+    record["test_roc_auc"] = {name: m["test"]["roc_auc"] for name, m in metrics.items()}
+    return record
+
+
+def _train_transformer(settings: TransformerConfig, lake: Lake, train_split: DataFrame,
+                       lineage: dict) -> tuple[dict[str, Any], Predictions]:
     """Fine-tune the pretrained encoder with TorchDistributor into models/transformer/<version>/."""
     version, fingerprint = lineage["version"], lineage["data_fingerprint"]
     pretrained_path = transformer.resolve_pretrained(settings.pretrained)
@@ -117,12 +200,13 @@ def _train_transformer(settings: TransformerConfig, lake: Lake, train_split: Dat
                {**lineage, "model": TRANSFORMER_MODEL, "pretrained": settings.pretrained,
                 "pretrained_path": pretrained_path, "max_length": settings.max_length})
     log.info("train: transformer test ROC-AUC %s (best epoch %s)", metrics["test"]["roc_auc"], metrics["best_epoch"])
-    return metrics
+    return metrics, read_json(lake.model_dir(TRANSFORMER_MODEL, version) / transformer.PREDICTIONS_FILE)
 
 
 def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> TrainResult:
-    """features/user_sequences -> models/<name>/<version>/ for lr, gbt and the transformer, each
-    published as LATEST once all are written; reports/<run_id>/train.json."""
+    """features/user_sequences -> models/<name>/<version>/ for lr, gbt, the transformer and the hybrid
+    stacked over them, each published as LATEST once all are written, then models/CHAMPION;
+    reports/<run_id>/train.json."""
     from ecominsight.models import registry
 
     data = lake.read(spark, USER_SEQUENCES)
@@ -135,13 +219,28 @@ def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> T
                "data_path": lake.table_path(USER_SEQUENCES), "code_version": registry.code_version(),
                "config": redaction.redact_mapping(config_to_dict(config)), "trained_at": dt.datetime.now(dt.timezone.utc).isoformat()}
 
-    metrics = {name: _fit_baseline(name, pipeline, data, lake, version, lineage)
-               for name, pipeline in baseline_pipelines(config.train).items()}
-    metrics[TRANSFORMER_MODEL] = _train_transformer(config.train.transformer, lake, train_split, lineage)
+    from ecominsight.models import champion
 
+    fitted = {name: _fit_baseline(name, pipeline, data, lake, version, lineage)
+              for name, pipeline in baseline_pipelines(config.train).items()}
+    fitted[TRANSFORMER_MODEL] = _train_transformer(config.train.transformer, lake, train_split, lineage)
+    valid_labels = fitted[LR_MODEL][1]["valid"]["label"]
+    if len(set(valid_labels)) == 2:
+        fitted[champion.HYBRID_MODEL] = _train_hybrid({name: p for name, (_, p) in fitted.items()}, lake, lineage,
+                                                      {name: version for name in fitted})
+    else:
+        log.warning("train: the validation split holds one class; no hybrid (its stacker is fitted on validation)")
+    metrics = {name: m for name, (m, _) in fitted.items()}
+    record = _champion_record({name: p for name, (_, p) in fitted.items()}, metrics, config.train.champion)
+    log.info("train: champion %s: %s; ranking %s", record["model"], record["reason"],
+             [(r["model"], r["valid_roc_auc"]) for r in record["ranking"]])
+    for name in metrics:
+        lineage_file = lake.model_dir(name, version) / "lineage.json"
+        write_json(lineage_file, {**read_json(lineage_file), "champion": record})
     for name in metrics:
         registry.publish(lake, name, version)
-    result = TrainResult(version=version, metrics=metrics,
+    registry.publish_champion(lake, record["model"], version, reason=record["reason"])
+    result = TrainResult(version=version, metrics=metrics, champion=record,
                          model_dirs={name: str(lake.model_dir(name, version)) for name in metrics})
     result.write(lake, run_id, "train")
     return result

@@ -58,6 +58,19 @@ def _sum_in_value_order(column: Column) -> Column:
     return F.aggregate(F.array_sort(F.collect_list(column)), F.lit(0.0), lambda total, value: total + value)
 
 
+def with_item_attributes(events: DataFrame, items: DataFrame) -> DataFrame:
+    """Input: canonical events and items. Output: the events plus the item's `title`, with `category`
+    and `brand` taken from the item catalogue wherever the event has none (sources such as a preset's
+    `item_source` carry them on the items only). An event's own value wins; the row count is unchanged
+    (items are unique by item_id)."""
+    catalogue = items.select("item_id", "title", F.col("category").alias("_item_category"),
+                             F.col("brand").alias("_item_brand"))
+    return (events.join(catalogue, "item_id", "left")
+            .withColumn("category", F.coalesce("category", "_item_category"))
+            .withColumn("brand", F.coalesce("brand", "_item_brand"))
+            .drop("_item_category", "_item_brand"))
+
+
 def user_numeric_features(events: DataFrame, *, as_of: AsOf) -> DataFrame:
     """Per user, behaviour counts, spend, recency and rhythm from events before `as_of`.
 
@@ -133,9 +146,7 @@ def user_event_lists(events: DataFrame, items: DataFrame, *, reviews: DataFrame 
     `ts`, `item_id`, `phrase` structs, sorted). Built once, it serves the texts of several as-of
     days (`behaviour_text`): one join with the item catalogue and one sort per user instead of one each.
     """
-    titled = events.join(
-        items.select("item_id", F.col("title"), F.col("category").alias("item_category")), "item_id", "left"
-    ).withColumn("category", F.coalesce("category", "item_category"))
+    titled = with_item_attributes(events, items)
     phrases = titled.select(
         "user_id",
         F.struct(F.col("ts"), F.coalesce(F.col("item_id"), F.lit("")).alias("item_id"), event_phrase(titled).alias("phrase")).alias("e"),
@@ -239,7 +250,8 @@ def fuse_user_sequences(
     written before `as_of` join the text beside the events. `event_lists` (`user_event_lists` of
     the same events, items and reviews) spares the join and sort when several as-of days are fused.
     """
-    features = user_numeric_features(events, as_of=as_of)
+    # Category counts see the catalogue's categories too (with_item_attributes).
+    features = user_numeric_features(with_item_attributes(events, items), as_of=as_of)
     if population == "purchasers":
         base = features.filter(F.col("n_purchase") > 0).select("user_id")
     elif population == "active":

@@ -31,7 +31,8 @@ PROFILE_COLUMNS = (
     "recency_days", "frequency", "monetary", *RFM_SCORES, "rfm_class",
     *ACTIVITY_COLUMNS, "cart_abandoned", "top_categories", "top_brands",
     "median_purchase_price", "price_band",
-    "propensity", "propensity_decile", "propensity_band", "segment", "model_version", "score_date",
+    "propensity", "propensity_decile", "propensity_band", "segment", "model_name", "model_version",
+    "score_date",
 )
 
 
@@ -134,7 +135,8 @@ def user_profiles(
     """
     # One notion of decile: the score table's day-wide `score_decile`, not a second cut here.
     scored = scores.select("user_id", F.col("probability").alias("propensity"),
-                           F.col("score_decile").cast("int").alias("propensity_decile"), "model_version", "score_date")
+                           F.col("score_decile").cast("int").alias("propensity_decile"), "model_name", "model_version",
+                           "score_date")
     has_purchased = F.coalesce(F.col("n_purchase"), F.lit(0.0)) > 0
     features = current.select(
         "user_id", "as_of",
