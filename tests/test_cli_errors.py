@@ -59,8 +59,9 @@ def test_config_error(caplog):
 
 
 def test_model_path_error(tmp_path, caplog):
-    assert main("train", [*settings(tmp_path), "--set", "train.transformer.pretrained=/nonexistent"]) == 2
-    assert_one_error_line(caplog, "configuration error: pretrained model path '/nonexistent' does not exist")
+    missing = tmp_path / "no-such-model"
+    assert main("train", [*settings(tmp_path), "--set", f"train.transformer.pretrained={missing}"]) == 2
+    assert_one_error_line(caplog, f"configuration error: pretrained model path '{missing}' does not exist")
 
 
 def test_lake_error(spark, tmp_path, caplog):

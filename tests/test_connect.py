@@ -228,13 +228,13 @@ def test_the_session_helper_on_spark_connect(connect_server):
     assert second == {"rows": 5}
 
 
-def test_a_spark_connect_url_where_no_server_answers_fails_at_once():
+def test_a_spark_connect_url_where_no_server_answers_fails_at_once(tmp_path):
     started = time.monotonic()
-    result = run_cli("clean", "--remote", f"sc://127.0.0.1:{_free_port()}", "--set", "lake=/nonexistent/lake")
+    result = run_cli("clean", "--remote", f"sc://127.0.0.1:{_free_port()}", "--set", f"lake={tmp_path / 'lake'}")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "no Spark Connect server answers at 127.0.0.1:" in result.stderr and "Traceback" not in result.stderr
     assert time.monotonic() - started < 60  # not pyspark's ten minutes of retries
-    malformed = run_cli("clean", "--remote", "sc://", "--set", "lake=/nonexistent/lake")
+    malformed = run_cli("clean", "--remote", "sc://", "--set", f"lake={tmp_path / 'lake'}")
     assert malformed.returncode == 2 and "the Spark Connect URL is malformed" in malformed.stderr, malformed.stderr[-3000:]
 
 
