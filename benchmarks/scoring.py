@@ -189,10 +189,10 @@ def main() -> None:
 
     lake = Lake(Path(args.lake).resolve())
     model_dir = str(lake.model_dir("transformer", resolve_version(lake, "transformer", "latest")))
-    current = pd.read_parquet(lake.table_path(CURRENT_SEQUENCES))
+    current = lake.read_arrow(CURRENT_SEQUENCES).to_pandas()
     frame = pd.concat([current] * (args.users // len(current) + 1), ignore_index=True).iloc[: args.users]
     frame = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
-    test = pd.read_parquet(lake.table_path(USER_SEQUENCES)).query("split == 'test'").reset_index(drop=True)
+    test = lake.read_arrow(USER_SEQUENCES).to_pandas().query("split == 'test'").reset_index(drop=True)
 
     from ecominsight.models.inference import export_onnx
     from ecominsight.session import spark_session

@@ -20,7 +20,7 @@ from ecominsight.errors import EcominsightError
 from ecominsight.io import Lake
 from ecominsight.logs import setup_logging
 from ecominsight.presets import load_preset
-from ecominsight.session import remote_url, spark_session
+from ecominsight.session import conf_for_lake, remote_url, spark_session
 from ecominsight.stages import STAGES, StageResult, run_stage
 
 log = logging.getLogger("ecominsight")
@@ -100,18 +100,18 @@ def _run_stage(stage: str, args: argparse.Namespace) -> int:
                       | redaction.secret_url_parameters(remote_url(args.remote)))
     log.info("run %s, stage %s, resolved config:\n%s", run_id, stage, json.dumps(redaction.redact_mapping(resolved), indent=2))
 
-    lake = Lake(config.lake_path)
     try:
+        lake = Lake(config.lake_path, retain_versions_minutes=config.storage.retain_versions_minutes)
         # Locked before Spark starts, so that a second run on the same lake is refused at once.
         with lake.lock(f"ecominsight {stage} (run {run_id})"), \
-                spark_session(config.spark.app_name, config.spark.master, config.spark.conf,
+                spark_session(config.spark.app_name, config.spark.master, conf_for_lake(config.lake_path, config.spark.conf),
                               embedded_metastore=config.warehouse.embedded_metastore, remote=args.remote) as spark:
             summary = run_stage(stage, spark, config, lake, run_id)
     except EcominsightError as err:
         log.error("%s failed: %s", stage, err)
         return 2
     except OSError as err:  # the lake path is not writable, the disk is full, ...
-        log.error("%s failed: cannot use %s under the lake %s: %s", stage, err.filename or "a path", lake.root,
+        log.error("%s failed: cannot use %s under the lake %s: %s", stage, err.filename or "a path", config.lake_path,
                   err.strerror or err)
         return 2
     _print_outputs(lake, run_id, summary)

@@ -19,6 +19,7 @@ import yaml
 
 from ecominsight.catalog import TABLE_ZONES
 from ecominsight.errors import ConfigError
+from ecominsight.storage import normalise_uri
 from ecominsight.validation import build, rule
 
 log = logging.getLogger(__name__)
@@ -314,8 +315,17 @@ class WarehouseConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    # How long a table version that a newer one superseded (and an unfinished one) stays on the lake
+    # before a later write removes it: readers that started on it finish within this time.
+    retain_versions_minutes: float = field(default=60.0, metadata=rule(non_negative=True))
+
+
+@dataclass(frozen=True)
 class Config:
     env: str = "local"
+    # The lake root: a plain path (relative to the working directory), file://, or a store URI kept
+    # as given (s3a://, abfss://, gs://, hdfs://, dbfs:/, /Volumes/...).
     lake: str = "lake"
     # The run id names a folder under reports/: it must not climb out of the lake.
     run_id: str | None = field(default=None, metadata=rule(
@@ -327,11 +337,13 @@ class Config:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     insights: InsightsConfig = field(default_factory=InsightsConfig)
     warehouse: WarehouseConfig = field(default_factory=WarehouseConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     @property
-    def lake_path(self) -> Path:
-        """The lake root as an absolute path; relative roots resolve against the working directory."""
-        return Path(self.lake).expanduser().resolve()
+    def lake_path(self) -> str:
+        """The lake root as a URI: a plain path made absolute (relative roots resolve against the
+        working directory), any other scheme exactly as configured (`s3a://b/lake` stays that)."""
+        return normalise_uri(self.lake)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

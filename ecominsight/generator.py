@@ -222,8 +222,8 @@ def clean_tables_of_preset(spark: SparkSession, preset: str, workdir: str | Path
     lake = Lake(config.lake_path)
     run_stage("clean", spark, config, lake, f"fit-{preset}")
     columns = ["user_id", "ts", "event_type", "item_id", "category", "price", "quantity"]
-    events = pd.read_parquet(lake.table_path(CLEAN_EVENTS), columns=columns)
-    users = pd.read_parquet(lake.table_path(CLEAN_USERS))
+    events = lake.read_arrow(CLEAN_EVENTS, columns=columns).to_pandas()
+    users = lake.read_arrow(CLEAN_USERS).to_pandas()
     return events, users
 
 

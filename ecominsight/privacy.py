@@ -20,14 +20,15 @@ import hmac
 import logging
 import os
 import secrets
-from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from ecominsight import storage
 from ecominsight.errors import PrivacyError
+from ecominsight.storage import StoragePath
 
 log = logging.getLogger(__name__)
 
@@ -35,31 +36,22 @@ KEY_ENV = "ECOMINSIGHT_PSEUDONYM_KEY"
 MIN_KEY_BYTES = 16  # a shorter key can be brute-forced against known ids
 
 
-def resolve_key(key_file: str | Path) -> bytes:
-    """The pseudonym key: `$ECOMINSIGHT_PSEUDONYM_KEY` (UTF-8), else `key_file` (the lake's, `Lake.key_file`), created
-    with a random 32-byte key and mode 0600 on first use. Raises PrivacyError for a key shorter
-    than 16 bytes or a key file that others may read."""
+def resolve_key(key_file: StoragePath | str | os.PathLike[str]) -> bytes:
+    """The pseudonym key: `$ECOMINSIGHT_PSEUDONYM_KEY` (UTF-8), else `key_file` (the lake's, `Lake.key_file`,
+    on any store), created with a random 32-byte key on first use (locally mode 0600 in a 0700
+    folder). Raises PrivacyError for a key shorter than 16 bytes or a local key file that others may read."""
     from_env = os.environ.get(KEY_ENV)
     if from_env:
         key = from_env.encode("utf-8")
         if len(key) < MIN_KEY_BYTES:
             raise PrivacyError(f"{KEY_ENV} is shorter than {MIN_KEY_BYTES} bytes; use a long random secret")
         return key
-    path = Path(key_file)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
-        # O_EXCL: two runs starting at once must not each write a different key.
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(32))
-            log.warning("%s is not set: created a random pseudonym key for this lake in %s (mode 0600). Keep it "
-                        "with the lake: a new key gives every user a new pseudonym", KEY_ENV, path)
-    if path.stat().st_mode & 0o077:
+    path = key_file if isinstance(key_file, StoragePath) else storage.resolve(key_file)
+    # Created only if absent: two runs starting at once must not each write a different key.
+    if not path.exists() and path.create_if_absent(secrets.token_hex(32).encode("ascii"), private=True):
+        log.warning("%s is not set: created a random pseudonym key for this lake in %s (mode 0600). Keep it "
+                    "with the lake: a new key gives every user a new pseudonym", KEY_ENV, path)
+    if path.readable_by_others():
         raise PrivacyError(f"{path} is readable by other users; run `chmod 600 {path}`")
     log.warning("%s is not set: user ids are pseudonymised with the lake's key file %s", KEY_ENV, path)
     return path.read_text().strip().encode("utf-8")

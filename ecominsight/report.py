@@ -21,7 +21,6 @@ import hashlib
 import html
 import io
 import logging
-from pathlib import Path
 from typing import Any, Sequence
 
 from pyspark.sql import SparkSession
@@ -29,6 +28,7 @@ from pyspark.sql import functions as F
 
 from ecominsight.catalog import MARKETING_ACTIONS, SEARCH_INSIGHTS, SEGMENTS, USER_PROFILES, USER_SCORES, USER_SEQUENCES
 from ecominsight.io import Lake, read_json, write_text_atomic
+from ecominsight.storage import StoragePath
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def line_plot(title: str, xlabel: str, ylabel: str, series: dict[str, tuple[list
 def _data_quality(lake: Lake, run_id: str) -> tuple[str, dict] | None:
     """The run's data_quality.json, else the newest one on the lake (the clean run that made the data)."""
     own = lake.report_dir(run_id) / "data_quality.json"
-    candidates = [own] if own.is_file() else lake.run_reports("data_quality.json")
+    candidates = [own] if own.exists() else lake.run_reports("data_quality.json")
     return (candidates[-1].parent.name, read_json(candidates[-1])) if candidates else None
 
 
@@ -162,18 +162,18 @@ def _model_metrics(lake: Lake, version: str | None) -> dict[str, tuple[str, dict
     """name -> (version, metrics.json) of each model: the scores' version where it exists, else LATEST."""
     found = {}
     for name in MODELS:
-        chosen = version if version and (lake.model_dir(name, version) / "metrics.json").is_file() else None
+        chosen = version if version and (lake.model_dir(name, version) / "metrics.json").exists() else None
         latest = lake.model_pointer(name)
-        if chosen is None and latest.is_file():
-            chosen = latest.read_text(encoding="utf-8").strip()
-        if chosen and (lake.model_dir(name, chosen) / "metrics.json").is_file():
+        if chosen is None and latest.exists():
+            chosen = latest.read_text().strip()
+        if chosen and (lake.model_dir(name, chosen) / "metrics.json").exists():
             found[name] = (chosen, read_json(lake.model_dir(name, chosen) / "metrics.json"))
     return found
 
 
 def _champion(lake: Lake, name: str | None, version: str | None) -> dict[str, Any] | None:
     """The scoring model of the day and, from its lineage.json, why it was chosen (the validation ranking)."""
-    if not name or not version or not (lake.model_dir(name, version) / "lineage.json").is_file():
+    if not name or not version or not (lake.model_dir(name, version) / "lineage.json").exists():
         return None
     record = read_json(lake.model_dir(name, version) / "lineage.json").get("champion", {})
     return {**record, "model": name, "version": version, "chosen": record.get("model"), "scored_with": name}
@@ -380,7 +380,7 @@ def render(data: dict[str, Any], *, min_group_size: int) -> str:
             f'<body data-status="pending">{header}{body}<script>{STATUS_SCRIPT}</script></body></html>')
 
 
-def write_report(spark: SparkSession, lake: Lake, run_id: str, *, score_date: dt.date, min_group_size: int) -> Path:
+def write_report(spark: SparkSession, lake: Lake, run_id: str, *, score_date: dt.date, min_group_size: int) -> StoragePath:
     """Gather, render and write reports/<run_id>/report.html; returns its path."""
     path = lake.report_dir(run_id) / "report.html"
     write_text_atomic(path, render(gather(spark, lake, run_id, score_date=score_date), min_group_size=min_group_size))

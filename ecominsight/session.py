@@ -17,6 +17,7 @@ from pyspark.errors import PySparkException, PySparkValueError
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from ecominsight import storage
 from ecominsight.errors import SessionError
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,15 @@ def embedded_metastore_conf(directory: str | Path) -> dict[str, str]:
         # Derby writes derby.log into its system home; keep it beside the metastore, not in the cwd.
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={root}",
     }
+
+
+def conf_for_lake(lake_uri: str, conf: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The session settings for a lake at `lake_uri`: `conf` (the user's `spark.conf`), over the
+    settings its store needs where the lake is on an object store (storage.spark_conf_for: the S3A
+    committers, endpoint and region, and the cloud jars .ci/fetch-jars cached). The user's settings win."""
+    if not storage.is_object_store_uri(lake_uri):
+        return dict(conf or {})
+    return {**storage.spark_conf_for(lake_uri, jars=storage.cached_cloud_jars()), **(conf or {})}
 
 
 def launched_by_spark_submit() -> bool:

@@ -202,6 +202,11 @@ class StoragePath:
     def name(self) -> str:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
 
+    @property
+    def parent(self) -> StoragePath:
+        """The folder holding this file or folder (the same store)."""
+        return StoragePath(self.uri.rstrip("/").rsplit("/", 1)[0], self.fs, self._parent())
+
     def joinpath(self, *parts: str) -> StoragePath:
         """The child at `parts` ("a", "b/c"): the same store, one URI and path longer."""
         tail = "/".join(part.strip("/") for part in parts if part.strip("/"))
@@ -227,6 +232,26 @@ class StoragePath:
     def read_text(self) -> str:
         return self.read_bytes().decode("utf-8")
 
+    def modified(self) -> float:
+        """When the file was last written, as seconds since the epoch (FileNotFoundError if absent)."""
+        return self.fs.modified(self.path).timestamp()
+
+    def files(self) -> list[StoragePath]:
+        """Every file below this folder, at any depth, sorted by path; [] if the folder does not exist."""
+        self._forget_listings()
+        try:
+            found = self.fs.find(self.path)
+        except FileNotFoundError:
+            return []
+        own = self.path.rstrip("/")
+        return [self.joinpath(entry[len(own) + 1:]) for entry in sorted(found) if entry.startswith(own + "/")]
+
+    def readable_by_others(self) -> bool:
+        """True when users other than the owner may read this local file (its mode grants group or
+        others any access). Always False on object stores and HDFS: access there is the bucket's or
+        the cluster's policy, not a file mode."""
+        return self.is_local and bool(os.stat(self.path).st_mode & 0o077)
+
     def write_bytes(self, data: bytes) -> None:
         """Replace the file whole: readers see the old bytes or the new, never a part. A temp file
         renamed over it on a local disk and HDFS (rename is atomic there); one PUT on object stores."""
@@ -243,12 +268,17 @@ class StoragePath:
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode("utf-8"))
 
-    def create_if_absent(self, data: bytes) -> bool:
+    def create_if_absent(self, data: bytes, *, private: bool = False) -> bool:
         """Create the file with `data` unless something is there: True if this call created it. The
         store decides (S3 `If-None-Match: *`, GCS generation 0, Azure If-None-Match, a local hard link
         or O_EXCL), so of two concurrent callers exactly one gets True. See `atomic_create`.
-        S3-compatible servers that ignore If-None-Match make this a plain overwrite: check yours."""
+        S3-compatible servers that ignore If-None-Match make this a plain overwrite: check yours.
+        `private`: on a local store the folder holding it is made mode 0700 (the file is 0600 always)."""
         if self.is_local:
+            if private:
+                folder = Path(self.path).parent
+                folder.mkdir(parents=True, exist_ok=True)
+                os.chmod(folder, 0o700)
             return self._local_create(data)
         if not self.atomic_create:
             log.warning("%s: this store offers no conditional create; check-then-write (single writer only)", self.uri)
@@ -359,6 +389,31 @@ def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
     return {protocol} if isinstance(protocol, str) else set(protocol)
 
 
+def normalise_uri(uri: str | os.PathLike[str]) -> str:
+    """The lake URI as Spark and `resolve` should see it, without touching any store: a plain path
+    made absolute (relative to the working directory, `~` expanded), file:// with an absolute path,
+    every other scheme (s3a://, hdfs://, dbfs:/, ...) and /Volumes/... exactly as given."""
+    text = os.fspath(uri)
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme == "":
+        return os.path.abspath(os.path.expanduser(text))
+    if scheme == "file":
+        return f"file://{os.path.abspath(os.path.expanduser(parts.path))}"
+    return text
+
+
+def is_local_uri(uri: str | os.PathLike[str]) -> bool:
+    """True for a plain path or file:// (not for dbfs:/ or a remote store)."""
+    return urlsplit(os.fspath(uri)).scheme.lower() in ("", "file")
+
+
+def is_object_store_uri(uri: str | os.PathLike[str]) -> bool:
+    """True for an object store (S3, GCS, Azure): where Spark needs the settings and the cloud
+    jars of `spark_conf_for` (HDFS and local lakes need neither)."""
+    return _PROTOCOLS.get(urlsplit(os.fspath(uri)).scheme.lower()) in _OBJECT_STORES
+
+
 def resolve(uri: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> StoragePath:
     """The StoragePath for a lake URI. Plain paths and file:// are local (made absolute); dbfs:/x is
     the /dbfs/x mount (dbfs:/Volumes/x the /Volumes/x one); s3a://, gs://, abfss://, hdfs:// go to
@@ -368,9 +423,8 @@ def resolve(uri: str | os.PathLike[str], storage_options: Mapping[str, Any] | No
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme in ("", "file"):
-        local = parts.path if scheme == "file" else text
-        absolute = os.path.abspath(os.path.expanduser(local))
-        return StoragePath(absolute if scheme == "" else f"file://{absolute}", fsspec.filesystem("file"), absolute)
+        normal = normalise_uri(text)
+        return StoragePath(normal, fsspec.filesystem("file"), normal.removeprefix("file://"))
     if scheme == "dbfs":
         inside = "/" + parts.path.lstrip("/")
         local = inside if inside.startswith("/Volumes/") else _DBFS_MOUNT + inside
@@ -388,4 +442,10 @@ def resolve(uri: str | os.PathLike[str], storage_options: Mapping[str, Any] | No
     except ImportError as err:
         extra = {"s3": "s3fs", "gs": "gcsfs", "abfs": "adlfs"}.get(protocol, "pyarrow with libhdfs")
         raise LakeError(f"the lake {text} needs {extra} installed (pip install {extra}): {err}") from err
+    except OSError as err:
+        if protocol != "hdfs":
+            raise
+        # pyarrow connects at once and needs a JVM, libhdfs and the Hadoop classpath for it.
+        raise LakeError(f"the lake {text} needs HDFS access through pyarrow's libhdfs (JAVA_HOME, HADOOP_HOME "
+                        f"and CLASSPATH=$(hadoop classpath --glob) on this machine): {err}") from err
     return StoragePath(text, fs, path)

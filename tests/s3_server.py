@@ -5,6 +5,7 @@ the jars (.ci/fetch-jars) are missing."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -120,6 +121,25 @@ def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Bucket:
     name = f"lake-{uuid.uuid4().hex[:12]}"
     s3_server.client().create_bucket(Bucket=name)
     return S3Bucket(s3_server, name)
+
+
+SPARK_JOB_TIMEOUT_S = 600
+
+
+def run_s3a_spark_job(module: str, bucket: S3Bucket, scratch: Path) -> dict:
+    """Run `python -m <module> <bucket>/lake <scratch> <result.json>` (a test module's `__main__`: a
+    Spark job that needs the cloud jars on its JVM's classpath at start, so in a process of its own)
+    with the environment pointing at the loopback S3 server; the job's JSON result."""
+    out = scratch / "result.json"
+    env = {**os.environ, **bucket.server.env(), "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           "SPARK_LOCAL_IP": "127.0.0.1"}
+    started = time.monotonic()
+    job = subprocess.run([sys.executable, "-m", module, f"{bucket.uri}/lake", str(scratch), str(out)],
+                         cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
+                         timeout=SPARK_JOB_TIMEOUT_S)
+    print(f"{module} s3a job: {time.monotonic() - started:.1f} s")
+    assert job.returncode == 0 and out.exists(), f"the Spark job failed:\n{job.stdout[-4000:]}\n{job.stderr[-8000:]}"
+    return json.loads(out.read_text())
 
 
 @pytest.fixture(scope="session")

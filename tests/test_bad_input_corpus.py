@@ -57,7 +57,7 @@ def run_clean_on(spark, tmp_path: Path, files: list[Path], fmt: str) -> tuple[La
 def outcome_by_file(spark, lake: Lake) -> dict[str, Counter]:
     """file name -> Counter of quarantine reasons, read back from the lake."""
     outcome: dict[str, Counter] = {}
-    quarantine = spark.read.parquet(lake.table_path(QUARANTINE["events"]))
+    quarantine = lake.read(spark, QUARANTINE["events"])
     assert quarantine.filter(F.col("raw").isNull() | F.col("source_file").isNull()).count() == 0  # content kept
     for row in quarantine.groupBy("source_file", "reason").count().collect():
         outcome.setdefault(Path(row["source_file"]).name, Counter())[row["reason"]] += row["count"]
@@ -103,4 +103,4 @@ def test_files_of_the_wrong_shape_are_quarantined_whole_or_row_by_row(spark, tmp
     assert summary.clean_rows == clean_rows
     assert summary.quarantined_by_reason == reasons
     assert outcome_by_file(spark, lake)[name] == Counter(reasons)
-    assert (lake.report_dir("corpus") / "data_quality.json").is_file()
+    assert (lake.report_dir("corpus") / "data_quality.json").exists()

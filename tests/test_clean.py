@@ -301,7 +301,7 @@ def test_run_clean_writes_every_table_and_the_data_quality_report(spark, tmp_pat
     malformed = quarantine.filter(F.col("reason") == "malformed_row").select("raw", "source_file").first()
     assert malformed["raw"] == "u3,2020-01-03 00:00:00,pv" and malformed["source_file"].endswith("/events.csv")
     # The unpacked archive is gone once the stage ends.
-    assert [p for p in (lake.root / "_staging").rglob("*") if p.is_file()] == []
+    assert lake.staging_dir().files() == []
 
     # A later run whose preset declares no reviews leaves no stale reviews behind.
     text = (tmp_path / "everything.yaml").read_text(encoding="utf-8")

@@ -15,11 +15,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pyarrow.dataset as ds
 import pyspark
 import pytest
 
-from ecominsight.io import read_json
+from ecominsight.io import read_json, table_dataset
 from tests.conftest import REPO
 
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
@@ -148,11 +147,11 @@ def test_pipeline_runs_on_a_standalone_cluster_with_the_packaged_env(cluster_run
     for zone, tables in {"clean": ["events", "users", "items"], "features": ["user_sequences", "current_sequences"],
                          "insights": ["user_profiles", "segments", "marketing_actions", "recommendations"]}.items():
         for table in tables:
-            assert list((lake / zone / table).rglob("*.parquet")), f"{zone}/{table} is empty"
+            assert table_dataset(str(lake / zone / table)).count_rows(), f"{zone}/{table} is empty"
     for model in ("lr", "gbt", "transformer"):
         assert (lake / "models" / model / "LATEST").is_file()
-    current_users = ds.dataset(lake / "features" / "current_sequences", format="parquet").count_rows()
-    scores = ds.dataset(lake / "scores" / "user_scores", format="parquet", partitioning="hive")
+    current_users = table_dataset(str(lake / "features" / "current_sequences")).count_rows()
+    scores = table_dataset(str(lake / "scores" / "user_scores"))
     assert scores.count_rows() == current_users > 0
     assert len(set(scores.to_table(columns=["user_id"]).column("user_id").to_pylist())) == current_users
     reports = lake / "reports" / "cluster-test"
@@ -207,8 +206,8 @@ def test_no_secret_reaches_any_log_or_report_of_a_full_run(cluster_run):
     assert '"spark.hadoop.fs.s3a.secret.key": "***"' in cluster_run["stdout"]  # logged, masked
     # The key from the environment is the one that made the pseudonyms (not a key file of the lake).
     assert not (lake / "_secrets").exists()
-    raw_ids = ds.dataset(lake / "features" / "current_sequences", format="parquet").to_table(columns=["user_id"])
-    scored = set(ds.dataset(lake / "scores" / "user_scores", format="parquet", partitioning="hive")
-                 .to_table(columns=["user_id"]).column("user_id").to_pylist())
+    raw_ids = table_dataset(str(lake / "features" / "current_sequences")).to_table(columns=["user_id"])
+    scored = set(table_dataset(str(lake / "scores" / "user_scores")).to_table(columns=["user_id"])
+                 .column("user_id").to_pylist())
     key = PSEUDONYM_SECRET.encode()
     assert {pseudonym(str(user), key) for user in raw_ids.column("user_id").to_pylist()} == scored

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from ecominsight.io import read_json
+from ecominsight.catalog import CURRENT_SEQUENCES, USER_SCORES
+from ecominsight.io import Lake, read_json
 from ecominsight.session import embedded_metastore_conf
 from tests.s3_server import _free_port
 from tests.test_faults import full_disk  # noqa: F401  (a fixture: a 512 KiB tmpfs)
@@ -206,9 +207,10 @@ def test_predict_batch_udf_through_spark_connect_gives_the_classic_sessions_prob
     scored = read_json(lake_root / "reports" / "connect-transformer" / "score.json")
     assert scored["model_name"] == "transformer"
     model_dir = lake_root / "models" / "transformer" / scored["model_version"]
-    connect = spark.read.parquet(str(lake_root / "scores" / "user_scores")) \
+    lake = Lake(lake_root)
+    connect = lake.read(spark, USER_SCORES) \
         .filter(F.col("score_date") == F.lit(scored["score_date"]).cast("date")).select("probability").toPandas()
-    classic = spark.read.parquet(str(lake_root / "features" / "current_sequences")).select(
+    classic = lake.read(spark, CURRENT_SEQUENCES).select(
         transformer_probability(F.col("text"), str(model_dir), batch_size=config.score.batch_size).alias("probability"),
     ).toPandas()
     assert len(connect) == len(classic) == scored["users_scored"]

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from ecominsight import catalog
 from ecominsight.catalog import CURRENT_SEQUENCES, USER_SCORES, Table
-from ecominsight.io import Lake, LakeError
+from ecominsight.io import MANIFEST, Lake, LakeError
 
 REPO = Path(__file__).resolve().parent.parent
 ROWS = 4_000
@@ -41,9 +42,9 @@ def probe_table(zone: str) -> Table:
 
 
 def write_version(lake_root: str, zone: str, version: str, seconds_per_partition: str = "0", spark=None) -> None:
-    """Write the probe rows to <zone>/probe as the stages write: `features` as a whole-table
-    overwrite, `scores` partitioned by day (dynamic partition overwrite). Without `spark` (in a
-    child process) it starts its own session."""
+    """Write the probe rows to <zone>/probe as the stages write (a new version folder, then the
+    manifest): `features` whole, `scores` partitioned by day. Superseded versions go at once (a grace
+    period of 0). Without `spark` (in a child process) it starts its own session."""
     from ecominsight.session import spark_session
 
     # Without adaptive execution Spark sets up the write job (and its staging folder) before it
@@ -52,7 +53,7 @@ def write_version(lake_root: str, zone: str, version: str, seconds_per_partition
         "fault-probe", "local[2]", {"spark.ui.enabled": "false", "spark.sql.adaptive.enabled": "false"})
     with session as spark:
         rows = probe_rows(spark, version, float(seconds_per_partition))
-        Lake(lake_root).write(rows, probe_table(zone))
+        Lake(lake_root, retain_versions_minutes=0).write(rows, probe_table(zone))
 
 
 def _writer_process(lake_root: Path, zone: str, version: str, seconds_per_partition: float) -> subprocess.Popen:
@@ -68,23 +69,25 @@ def _versions(spark, lake: Lake, zone: str) -> dict[str, int]:
     return {r["version"]: r["count"] for r in table.groupBy("version").count().collect()}
 
 
-# Where each kind of write puts files before it commits: our staged copy, or Spark's staging folder.
-IN_FLIGHT = {"features": "features/_staged-probe-*/_temporary", "scores": "scores/probe/.spark-staging-*"}
+# Where a write puts its files before its job commits: Spark's _temporary folder inside the new version.
+IN_FLIGHT = "{zone}/probe/v-*/_temporary"
 
 
 @pytest.mark.parametrize("zone", ["features", "scores"])
 def test_a_driver_killed_mid_write_leaves_the_previous_table_whole(spark, tmp_path, zone):
     """Injected: SIGKILL to the whole process group (driver JVM, Python driver, workers) while the
-    second version's files are being written. Checked: readers see version 1 in full, nothing of the
-    unfinished write survives the next access, and a re-run gives the same table as an
-    uninterrupted run."""
-    lake = Lake(tmp_path / "lake")
-    write_version(str(lake.root), zone, "v1", spark=spark)
+    second version's files are being written. Checked: readers see version 1 in full (the manifest
+    still names it), the unfinished version is removed by the next write, and that re-run gives the
+    same table as an uninterrupted run."""
+    root = tmp_path / "lake"
+    lake = Lake(root)
+    write_version(str(root), zone, "v1", spark=spark)
+    first = lake.version(probe_table(zone))
 
-    second = _writer_process(lake.root, zone, "v2", 30)
+    second = _writer_process(root, zone, "v2", 30)
     deadline, in_flight = time.time() + 300, []
     while time.time() < deadline and not in_flight:
-        in_flight = list(lake.root.glob(IN_FLIGHT[zone]))
+        in_flight = list(root.glob(IN_FLIGHT.format(zone=zone)))
         time.sleep(0.5)
     assert in_flight, "the second write never started"
     time.sleep(2)  # some tasks are writing their files now
@@ -92,21 +95,13 @@ def test_a_driver_killed_mid_write_leaves_the_previous_table_whole(spark, tmp_pa
     second.wait(timeout=60)
 
     assert _versions(spark, lake, zone) == {"v1": ROWS}
-    assert not list(lake.root.glob(IN_FLIGHT[zone].split("/_temporary")[0]))  # cleared by the read's recovery
+    assert lake.version(probe_table(zone)) == first
+    unfinished = in_flight[0].parent
+    assert unfinished.exists() and unfinished.name != first  # left behind, invisible to readers
 
-    write_version(str(lake.root), zone, "v2", spark=spark)
+    write_version(str(root), zone, "v2", spark=spark)
     assert _versions(spark, lake, zone) == {"v2": ROWS}
-    assert sorted(p.name for p in (lake.root / zone).iterdir()) == ["probe"]
-
-
-def test_a_swap_interrupted_between_its_renames_is_undone(spark, tmp_path):
-    """Injected: the state a kill between the two renames of a swap leaves (table folder gone, the
-    retired copy beside it). Checked: the next read restores the previous table."""
-    lake = Lake(tmp_path / "lake")
-    lake.write(spark.range(10).selectExpr("id", "'old' AS version"), probe_table("features"))
-    table = lake.root / "features" / "probe"
-    table.rename(table.with_name("_retired-probe-deadbeef"))
-    assert _versions(spark, lake, "features") == {"old": 10}
+    assert sorted(p.name for p in (root / zone / "probe").iterdir()) == sorted([MANIFEST, lake.version(probe_table(zone))])
 
 
 def test_a_second_run_on_a_lake_in_use_refuses_with_the_holder_named(tmp_path):
@@ -178,10 +173,15 @@ def test_a_full_disk_fails_clearly_and_leaves_no_partial_table(full_disk):
     assert (f"clean failed: cannot write lake table clean/events at {lake_root}/clean/events: No space left on device"
             in result.stderr), result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    leftovers = [p for p in lake_root.rglob("*") if p.name.startswith(("_staged-", ".spark-staging", "_lock"))]
-    assert not leftovers
+    assert not list(lake_root.rglob("_lock"))
     tables = [table for zone in ("clean", "quarantine", "features") for table in (lake_root / zone).glob("*")]
-    assert all(list(table.rglob("*.parquet")) for table in tables), tables  # a table that exists is complete
+    # A table folder that exists is a published table, and its every version folder is a published one.
+    assert all((table / MANIFEST).is_file() for table in tables), tables
+    lake = Lake(lake_root)
+    for table in tables:
+        manifest = lake.manifest(catalog.table(table.parent.name, table.name))
+        published = {manifest["version"], *manifest.get("partitions", {}).values()}
+        assert {p.name for p in table.iterdir() if p.name != MANIFEST} <= published, table
 
 
 def score_in_child(lake_root: str) -> None:
@@ -230,10 +230,10 @@ def test_a_python_worker_killed_during_scoring_is_retried_and_every_user_scored_
 
     spark, _, lake, summary = pipeline_run
     copy = Lake(tmp_path / "lake")
-    shutil.copytree(lake.root, copy.root, ignore=shutil.ignore_patterns("checkpoints", "scores"))
+    shutil.copytree(lake.root.path, copy.root.path, ignore=shutil.ignore_patterns("checkpoints", "scores"))
     child = subprocess.Popen(
         [sys.executable, "-c", "import sys; from tests.test_faults import score_in_child as s; s(sys.argv[1])",
-         str(copy.root)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+         copy.root.path], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     killed, deadline = None, time.time() + 300
     while killed is None and time.time() < deadline and child.poll() is None:
         for pid in _forked_python_workers():
@@ -247,7 +247,7 @@ def test_a_python_worker_killed_during_scoring_is_retried_and_every_user_scored_
     assert child.returncode == 0, err[-3000:]
     assert "Lost task" in err or "exited unexpectedly" in err  # the failure happened and was retried
     result = json.loads(out.strip().splitlines()[-1])
-    scores = spark.read.parquet(copy.table_path(USER_SCORES))
+    scores = copy.read(spark, USER_SCORES)
     n_current = copy.read(spark, CURRENT_SEQUENCES).count()
     assert result["users_scored"] == scores.count() == scores.select("user_id").distinct().count() == n_current
 
@@ -260,8 +260,6 @@ def test_a_model_version_that_climbs_out_of_the_lake_is_refused(tmp_path):
     lake = Lake(tmp_path / "lake")
     with pytest.raises(LakeError, match="is not a version name"):
         resolve_version(lake, "transformer", "../../../etc")
-    pointer = lake.model_pointer("transformer", LATEST)
-    pointer.parent.mkdir(parents=True)
-    pointer.write_text("../../outside", encoding="utf-8")
+    lake.model_pointer("transformer", LATEST).write_text("../../outside")
     with pytest.raises(LakeError, match="is not a version name"):
         resolve_version(lake, "transformer", "latest")

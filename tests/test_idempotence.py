@@ -60,7 +60,7 @@ def rerun(pipeline_run, tmp_path):
     """(spark, the first run's lake, its stage results, a copy of that lake to re-run on, the config for the copy)."""
     spark, config, lake, summary = pipeline_run
     copy = Lake(tmp_path / "lake")
-    shutil.copytree(lake.root, copy.root, ignore=shutil.ignore_patterns("_staging", "_lock"))
+    shutil.copytree(lake.root.path, copy.root.path, ignore=shutil.ignore_patterns("_staging", "_lock"))
     return spark, lake, summary, copy, dataclasses.replace(config, lake=str(copy.root), run_id=RERUN_ID)
 
 
@@ -104,7 +104,7 @@ def test_train_rerun_fits_the_same_models(rerun):
 
     assert version_b != version_a
     for name in (LR_MODEL, GBT_MODEL, TRANSFORMER_MODEL):
-        assert again.model_pointer(name, LATEST).read_text(encoding="utf-8").strip() == version_b
+        assert again.model_pointer(name, LATEST).read_text().strip() == version_b
         metrics_a, metrics_b = (without_timings(read_json(again.model_dir(name, v) / "metrics.json"))
                                 for v in (version_a, version_b))
         assert metrics_b == metrics_a, name

@@ -96,7 +96,7 @@ def test_the_champion_is_the_best_model_on_validation_and_scores_the_users(pipel
     # The hybrid's stacker weighs the three single models of the same run.
     stacker = read_json(Path(train.model_dirs["hybrid"]) / "stacker.json")
     assert stacker["components"] == ["lr", "gbt", "transformer"] and set(stacker["component_versions"].values()) == {train.version}
-    scores = spark.read.parquet(lake.table_path(USER_SCORES)).filter(F.col("score_date") == summary["score"].score_date)
+    scores = lake.read(spark, USER_SCORES).filter(F.col("score_date") == summary["score"].score_date)
     assert {(r["model_name"], r["model_version"]) for r in scores.select("model_name", "model_version").distinct().collect()} \
         == {(champion["model"], train.version)}
     assert (summary["score"].model_name, summary["insights"].scored_with["model_name"]) == (champion["model"],) * 2
@@ -108,18 +108,20 @@ def test_scores_cover_every_user_once_and_are_readable_by_duckdb(pipeline_run):
     current = lake.read(spark, CURRENT_SEQUENCES)
     events = lake.read(spark, CLEAN_EVENTS)
     assert current.count() == events.select("user_id").distinct().count()
-    scores_path = lake.table_path(USER_SCORES)
+    files = [file.path for file in lake.current_files(USER_SCORES)]
     (result,) = duckdb.sql(
         f"SELECT count(*) AS n, count(DISTINCT user_id) AS users, min(probability) AS lo, max(probability) AS hi, "
         f"count(DISTINCT model_version) AS versions, min(score_date) AS day, count(baseline_probability) AS baselines "
-        f"FROM read_parquet('{scores_path}/*/*.parquet', hive_partitioning = 1)"
+        f"FROM read_parquet({files}, hive_partitioning = 1)"
     ).fetchall()
     n, users, lo, hi, versions, day, baselines = result
     assert n == users == current.count() == summary["score"].users_scored
     assert 0.0 <= lo <= hi <= 1.0 and versions == 1 and baselines == n
     assert str(day) == summary["score"].score_date == "2011-12-10"
-    assert spark.read.parquet(scores_path).filter(F.col("model_version") == summary["train"].version).count() == n
-    via_sql = spark.sql(f"SELECT count(DISTINCT user_id) AS users FROM parquet.`{scores_path}`").first()["users"]
+    assert lake.read(spark, USER_SCORES).filter(F.col("model_version") == summary["train"].version).count() == n
+    # A SQL engine reads the day's partition where the manifest says it is.
+    location = lake.current_locations(USER_SCORES)[f"score_date={summary['score'].score_date}"]
+    via_sql = spark.sql(f"SELECT count(DISTINCT user_id) AS users FROM parquet.`{location}`").first()["users"]
     assert via_sql == n
 
 
@@ -128,7 +130,7 @@ def test_rescoring_a_day_replaces_only_that_day(pipeline_run):
     other_day = load_config("local", [f"lake={lake.root}", "score.score_date=2011-12-11"])
     run_score(spark, other_day, lake, "e2e-rescore-1")
     run_score(spark, other_day, lake, "e2e-rescore-2")
-    scores = spark.read.parquet(lake.table_path(USER_SCORES))
+    scores = lake.read(spark, USER_SCORES)
     per_day = {str(r["score_date"]): r["count"] for r in scores.groupBy("score_date").count().collect()}
     n = summary["score"].users_scored
     assert per_day == {"2011-12-10": n, "2011-12-11": n}
@@ -138,12 +140,11 @@ def test_rescoring_a_day_replaces_only_that_day(pipeline_run):
 def test_incremental_rescore_of_an_unchanged_day_reuses_every_row(pipeline_run):
     spark, config, lake, summary = pipeline_run
     day = summary["score"].score_date
-    scores_path = lake.table_path(USER_SCORES)
-    before = sorted(spark.read.parquet(scores_path).filter(F.col("score_date") == day).collect())
+    before = sorted(lake.read(spark, USER_SCORES).filter(F.col("score_date") == day).collect())
     incremental = load_config("local", [f"lake={lake.root}", "score.mode=incremental", f"score.score_date={day}"])
     result = run_score(spark, incremental, lake, "e2e-incremental")
     assert result.users_rescored == 0 and result.users_scored == len(before)
-    after = sorted(spark.read.parquet(scores_path).filter(F.col("score_date") == day).collect())
+    after = sorted(lake.read(spark, USER_SCORES).filter(F.col("score_date") == day).collect())
     assert after == before  # idempotent: the same inputs give the same rows
     deciles = {r["score_decile"] for r in after}
     assert deciles == set(range(1, 11))
@@ -169,22 +170,26 @@ def test_insight_tables_cover_every_scored_user_once(pipeline_run):
     bought = privacy.pseudonymise(lake.read(spark, CLEAN_EVENTS), privacy.resolve_key(lake.key_file())) \
         .filter(F.col("event_type") == "purchase")
     assert recommended.join(bought, ["user_id", "item_id"], "left_semi").count() == 0
-    ((with_interests,),) = duckdb.sql(f"SELECT count(*) FROM read_parquet('{lake.table_path(USER_PROFILES)}/*.parquet') "
-                                      "WHERE len(top_categories) > 0").fetchall()
+    files = [file.path for file in lake.current_files(USER_PROFILES)]
+    ((with_interests,),) = duckdb.sql(f"SELECT count(*) FROM read_parquet({files}) WHERE len(top_categories) > 0").fetchall()
     assert with_interests == n
     assert read_json(lake.report_dir("e2e") / "insights.json") == report.to_dict()
 
 
 def _day_rows(spark, lake, day: str) -> tuple[list, list]:
-    """The day's score rows as Spark reads them and as DuckDB reads every Parquet file under the table
-    (hidden staging folders included: a leftover of a failed write would show up here)."""
-    scores_path = lake.table_path(USER_SCORES)
-    via_spark = sorted(tuple(r) for r in spark.read.parquet(scores_path).filter(F.col("score_date") == day)
+    """The day's score rows as Spark reads them and as DuckDB reads the current files the manifest
+    names (a file of a failed write would show up in either)."""
+    via_spark = sorted(tuple(r) for r in lake.read(spark, USER_SCORES).filter(F.col("score_date") == day)
                        .select("user_id", "probability", "model_version", "score_decile").collect())
+    files = [file.path for file in lake.current_files(USER_SCORES)]
     via_duckdb = sorted(duckdb.sql(
-        f"SELECT user_id, probability, model_version, score_decile FROM read_parquet('{scores_path}/**/*.parquet', "
+        f"SELECT user_id, probability, model_version, score_decile FROM read_parquet({files}, "
         f"hive_partitioning = 1) WHERE score_date = DATE '{day}'").fetchall())
     return via_spark, via_duckdb
+
+
+def _version_folders(lake, table) -> set[str]:
+    return {name for name in (lake.root / table.zone / table.name).list() if name.startswith("v-")}
 
 
 def test_a_scoring_run_whose_model_fails_leaves_the_previous_partition_readable(pipeline_run):
@@ -194,9 +199,10 @@ def test_a_scoring_run_whose_model_fails_leaves_the_previous_partition_readable(
     assert before[0] == before[1] and len(before[0]) == summary["score"].users_scored
     # A new model version whose weights are damaged: the Python workers fail when they load it.
     broken = lake.model_dir("transformer", "vbroken")
-    shutil.copytree(lake.model_dir("transformer", version), broken)
+    shutil.copytree(lake.model_dir("transformer", version).path, broken.path)
     weights = broken / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
     config = load_config("local", [f"lake={lake.root}", "score.model=transformer", "score.model_version=vbroken",
                                    f"score.score_date={day}"])
     with pytest.raises(Exception, match="(?i)safetensors|header|incomplete|deserializ"):
@@ -206,32 +212,32 @@ def test_a_scoring_run_whose_model_fails_leaves_the_previous_partition_readable(
 
 def test_a_write_that_fails_halfway_leaves_the_previous_partition_readable(pipeline_run):
     """The failure happens inside Lake.write's Spark job, half way through the new rows and after the
-    job has set up its output (the staging folder of dynamic partition overwrite exists). Without
-    adaptive execution the job's first stage runs after that setup; with it, before."""
+    job has set up its output (the new version folder and its _temporary exist). Without adaptive
+    execution the job's first stage runs after that setup; with it, before."""
     spark, _, lake, summary = pipeline_run
     day = summary["score"].score_date
-    before = _day_rows(spark, lake, day)
-    table = lake.table_path(USER_SCORES)
-    rows = spark.read.parquet(table).filter(F.col("score_date") == day)
+    before, versions = _day_rows(spark, lake, day), _version_folders(lake, USER_SCORES)
+    table = Path(lake.table_path(USER_SCORES))
+    rows = lake.read(spark, USER_SCORES).filter(F.col("score_date") == day)
     fail_on = sorted(r["user_id"] for r in rows.select("user_id").collect())[len(before[0]) // 2]
 
     @F.pandas_udf("double")
     def fail_on_user(user_id: pd.Series, probability: pd.Series) -> pd.Series:
         if (user_id == fail_on).any():
-            staging = sorted(p.name for p in Path(table).iterdir() if p.name.startswith(".spark-staging"))
+            staging = sorted(p.parent.name for p in table.glob("v-*/_temporary") if p.parent.name not in versions)
             raise RuntimeError(f"injected failure at user {fail_on} while writing into {staging}")
         return probability
 
     replacement = rows.orderBy("user_id").withColumn("probability", fail_on_user("user_id", "probability"))
     spark.conf.set("spark.sql.adaptive.enabled", "false")
     try:
-        with pytest.raises(Exception, match=rf"injected failure at user {fail_on} while writing into \['\.spark-staging-"):
+        with pytest.raises(Exception, match=rf"injected failure at user {fail_on} while writing into \['v-"):
             lake.write(replacement, USER_SCORES)
     finally:
         spark.conf.unset("spark.sql.adaptive.enabled")
     assert _day_rows(spark, lake, day) == before
-    # The aborted job removed its staging folder: nothing half-written is left for any reader.
-    assert not [p for p in Path(table).iterdir() if p.name.startswith(".spark-staging")]
+    # The failed write's version folder is gone: nothing half-written is left, even unpublished.
+    assert _version_folders(lake, USER_SCORES) == versions
 
 
 # Every output table with user ids (insights/segments has none).
@@ -244,7 +250,7 @@ def test_user_ids_in_every_output_are_keyed_pseudonyms(pipeline_run):
     key = privacy.resolve_key(lake.key_file())  # no ECOMINSIGHT_PSEUDONYM_KEY here: the lake's own key file
     expected = {privacy.pseudonym(u, key) for u in raw_ids}
     for table in OUTPUT_TABLES:
-        ids = {r["user_id"] for r in spark.read.parquet(lake.table_path(table)).select("user_id").distinct().collect()}
+        ids = {r["user_id"] for r in lake.read(spark, table).select("user_id").distinct().collect()}
         assert ids and ids <= expected and not ids & raw_ids, table
     assert not lake.exists(SEARCH_INSIGHTS)  # Online Retail has no searches
     page = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", (lake.report_dir("e2e") / "report.html").read_text())
@@ -253,11 +259,11 @@ def test_user_ids_in_every_output_are_keyed_pseudonyms(pipeline_run):
 
 def test_profiles_use_the_score_deciles_and_top_users_are_explained(pipeline_run):
     spark, config, lake, summary = pipeline_run
-    scores = spark.read.parquet(lake.table_path(USER_SCORES)).filter(F.col("score_date") == summary["score"].score_date)
+    scores = lake.read(spark, USER_SCORES).filter(F.col("score_date") == summary["score"].score_date)
     profiles = lake.read(spark, USER_PROFILES)
     joined = profiles.join(scores, "user_id")
     assert joined.count() == profiles.count() and joined.filter(F.col("propensity_decile") != F.col("score_decile")).count() == 0
-    explanations = spark.read.parquet(lake.table_path(EXPLANATIONS)).filter(
+    explanations = lake.read(spark, EXPLANATIONS).filter(
         F.col("score_date") == summary["score"].score_date)
     rows = explanations.collect()
     top = scores.filter(F.col("score_decile") == 1).count()
@@ -284,7 +290,7 @@ def test_report_renders_in_headless_chromium_without_errors(pipeline_run, tmp_pa
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (Debian: apt-get install -y chromium): the browser check of report.html needs it")
     _, _, lake, _ = pipeline_run
-    page = (lake.report_dir("e2e") / "report.html").as_uri()
+    page = Path((lake.report_dir("e2e") / "report.html").path).as_uri()
 
     def chromium(*flags):
         return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *flags, page],

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -46,9 +47,10 @@ def test_key_from_the_environment_else_a_private_key_file_per_lake(tmp_path, mon
     monkeypatch.delenv(privacy.KEY_ENV)
     with caplog.at_level("WARNING"):
         first = privacy.resolve_key(lake.key_file())
-    path = lake.key_file()
+    path = Path(lake.key_file().path)
     assert path.is_relative_to(tmp_path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(first) == 64
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert privacy.KEY_ENV in caplog.text and first.decode() not in caplog.text  # warned, key never logged
     assert privacy.resolve_key(lake.key_file()) == first  # stable across runs on the lake
     assert privacy.resolve_key(other_lake.key_file()) != first

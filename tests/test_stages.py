@@ -8,11 +8,12 @@ import dataclasses
 
 import pytest
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from ecominsight import catalog
 from ecominsight.catalog import CLEAN_EVENTS, QUARANTINE, USER_SCORES, USER_SEQUENCES, Table
 from ecominsight.config import TrainConfig, TransformerConfig
-from ecominsight.errors import AccountingError
+from ecominsight.errors import AccountingError, LakeError
 from ecominsight.io import LATEST, Lake
 from ecominsight.models.registry import stable_hash
 from ecominsight.models.scoring import decile_cut_points, prepare_for_scoring, with_score_decile
@@ -93,10 +94,23 @@ def test_scoring_layout_and_deciles(spark):
     assert with_score_decile(day, cut_points=cuts).filter(F.col("user_id") == "u99").first()["score_decile"] == 1
 
 
-def test_warehouse_ddl_replaces_the_external_table():
-    assert table_ddl("shop", USER_SCORES, "file:///lake/scores/user_scores") == [
+def test_warehouse_ddl_points_the_external_table_at_the_current_version():
+    profiles = catalog.table("insights", "user_profiles")
+    assert table_ddl("shop", profiles, {"": "file:///lake/insights/user_profiles/v-1"}) == [
+        "DROP TABLE IF EXISTS `shop`.`insights_user_profiles`",
+        "CREATE TABLE `shop`.`insights_user_profiles` USING parquet LOCATION 'file:///lake/insights/user_profiles/v-1'",
+    ]
+    schema = T.StructType([T.StructField("user_id", T.StringType()), T.StructField("score_date", T.DateType())])
+    root = "s3a://b/lake/scores/user_scores"
+    locations = {"score_date=2024-01-01": f"{root}/v-1/score_date=2024-01-01",
+                 "score_date=2024-01-02": f"{root}/v-2/score_date=2024-01-02"}
+    assert table_ddl("shop", USER_SCORES, locations, schema=schema, root=root) == [
         "DROP TABLE IF EXISTS `shop`.`scores_user_scores`",
-        "CREATE TABLE `shop`.`scores_user_scores` USING parquet LOCATION 'file:///lake/scores/user_scores'",
+        "CREATE TABLE `shop`.`scores_user_scores` (`user_id` string, `score_date` date) USING parquet "
+        f"PARTITIONED BY (`score_date`) LOCATION '{root}'",
+        "ALTER TABLE `shop`.`scores_user_scores` ADD IF NOT EXISTS "
+        f"PARTITION (`score_date` = '2024-01-01') LOCATION '{root}/v-1/score_date=2024-01-01' "
+        f"PARTITION (`score_date` = '2024-01-02') LOCATION '{root}/v-2/score_date=2024-01-02'",
     ]
 
 
@@ -116,6 +130,41 @@ def test_the_lake_owns_every_path_under_its_root(tmp_path):
              lake.checkpoint_dir("transformer", "k"), lake.report_dir("run"), lake.key_file(), lake.staging_dir()]
     assert all(str(p).startswith(str(tmp_path)) for p in paths)
     assert lake.model_pointer("lr").name == LATEST and lake.model_pointer("lr").parent == lake.model_root("lr")
+    assert lake.table_uri(USER_SCORES) == (tmp_path / "scores" / "user_scores").as_uri()
+
+
+@pytest.mark.parametrize("root", ["s3a://bucket/lake", "abfss://c@account.dfs.core.windows.net/lake", "gs://b/lake",
+                                  "hdfs://namenode:8020/lake", "dbfs:/mnt/lake", "/Volumes/main/shop/lake"])
+def test_a_lake_uri_keeps_its_scheme_in_every_path_and_in_the_config(root, monkeypatch):
+    from ecominsight.config import load_config
+    from ecominsight.session import conf_for_lake
+
+    assert load_config("local", [f"lake={root}"]).lake_path == root
+    conf = conf_for_lake(root, {"spark.sql.shuffle.partitions": "3", "spark.hadoop.fs.s3a.committer.name": "directory"})
+    assert conf["spark.sql.shuffle.partitions"] == "3"
+    if root.startswith("s3a://"):
+        # The store's settings join the user's, and the user's win.
+        assert conf["spark.hadoop.fs.s3a.committer.name"] == "directory"
+        assert conf["spark.sql.sources.commitProtocolClass"].endswith("PathOutputCommitProtocol")
+    elif not root.startswith(("abfss://", "gs://")):
+        assert "spark.sql.sources.commitProtocolClass" not in conf
+    try:
+        lake = Lake(root)
+    except LakeError as missing:  # gcsfs / adlfs / libhdfs not installed here: the error says what to install
+        assert "pip install" in str(missing) or "libhdfs" in str(missing), missing
+        return
+    assert lake.table_path(USER_SCORES) == f"{root}/scores/user_scores"
+    assert lake.model_dir("lr", "v1").uri == f"{root}/models/lr/v1"
+    assert str(lake.report_dir("r1")) == f"{root}/reports/r1"
+
+
+def test_a_relative_or_file_uri_lake_is_made_absolute(tmp_path, monkeypatch):
+    from ecominsight.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config("local", ["lake=lake"]).lake_path == str(tmp_path / "lake")
+    assert load_config("local", [f"lake=file://{tmp_path}/x/../lake"]).lake_path == f"file://{tmp_path}/lake"
+    assert Lake("file://" + str(tmp_path / "lake")).table_uri(USER_SCORES) == (tmp_path / "lake" / "scores" / "user_scores").as_uri()
 
 
 def test_the_dispatcher_knows_every_stage_and_refuses_others():

@@ -10,7 +10,6 @@ import errno
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -21,9 +20,8 @@ import pytest
 from ecominsight.errors import ConfigError, LakeError
 from ecominsight.storage import (CLASSIC_COMMIT, StoragePath, partition_replace_options, resolve, spark_conf_for,
                                  storage_options_from_hadoop)
+from tests.s3_server import run_s3a_spark_job
 
-REPO = Path(__file__).resolve().parent.parent
-SPARK_JOB_TIMEOUT_S = 600
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -248,14 +246,7 @@ def test_an_unknown_s3a_committer_is_a_config_error():
 def test_spark_writes_and_reads_parquet_on_s3a_through_the_s3a_committers(s3_bucket, cloud_jars, tmp_path):
     """A local Spark (own JVM, with the cached jars) writes a plain table and a by-day table to the
     loopback S3 server and reads back exactly the rows it wrote; see spark_s3a_job below."""
-    out = tmp_path / "result.json"
-    env = {**os.environ, **s3_bucket.server.env(), "PYTHONPATH": str(REPO), "SPARK_LOCAL_IP": "127.0.0.1"}
-    started = time.monotonic()
-    job = subprocess.run([sys.executable, "-m", "tests.test_storage", f"{s3_bucket.uri}/lake", str(tmp_path), str(out)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=SPARK_JOB_TIMEOUT_S)
-    print(f"spark s3a job: {time.monotonic() - started:.1f} s")
-    assert job.returncode == 0 and out.exists(), f"the Spark job failed:\n{job.stdout[-4000:]}\n{job.stderr[-8000:]}"
-    result = json.loads(out.read_text())
+    result = run_s3a_spark_job("tests.test_storage", s3_bucket, tmp_path)
     print(json.dumps(result, indent=1))
     assert result["plain"]["rows_equal"] and result["plain"]["rewritten_rows_equal"]
     assert result["plain"]["committer"] == "magic"

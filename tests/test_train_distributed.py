@@ -117,13 +117,13 @@ def test_training_killed_mid_epoch_resumes_to_the_uninterrupted_result(flat_run,
     spark, lake, summary, tiny_encoder = flat_run
     uninterrupted = read_json(Path(summary["train"].model_dirs["transformer"]) / "metrics.json")
     copy = Lake(tmp_path / "lake")
-    shutil.copytree(lake.root, copy.root, ignore=shutil.ignore_patterns("checkpoints", "models", "_lock"))
+    shutil.copytree(lake.root.path, copy.root.path, ignore=shutil.ignore_patterns("checkpoints", "models", "_lock"))
     # The baselines are not what is under test: few boosting rounds keep the two runs short.
     overrides = [*_flat_overrides(copy.root, tiny_encoder), "train.gradient_boosted_trees.max_iter=3"]
     child = subprocess.Popen([sys.executable, "-m", "ecominsight", "train", *[f"--set={o}" for o in overrides]],
                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
-    checkpoints = copy.root / "checkpoints" / "transformer"
+    checkpoints = Path(copy.root.path) / "checkpoints" / "transformer"
     _wait_for(checkpoints, child, timeout=300)
     _wait_for(next(checkpoints.iterdir()) / "epoch-1" / "state.json", child, timeout=300)
     (checkpoint_dir,) = list(checkpoints.iterdir())

@@ -17,6 +17,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from ecominsight import catalog
+from ecominsight.catalog import USER_SCORES
 from ecominsight.config import load_config
 from ecominsight.io import Lake, read_json
 from ecominsight.stages import run_score
@@ -68,9 +70,10 @@ def warehouse(pipeline_run, tmp_path_factory):
     spark, _, lake, summary = pipeline_run
     root = tmp_path_factory.mktemp("warehouse")
     copy = Lake(root / "lake")
-    shutil.copytree(lake.root, copy.root, ignore=shutil.ignore_patterns("checkpoints", "_staging"))
+    shutil.copytree(lake.root.path, copy.root.path, ignore=shutil.ignore_patterns("checkpoints", "_staging"))
     # A second, earlier score day, so that the queries have two days and the pruning test a partition
-    # to skip. (Its features are as of the data's end: fine for exercising SQL, not for judging a model.)
+    # to skip; it is a new version of the table, which the other day's partition does not move to.
+    # (Its features are as of the data's end: fine for exercising SQL, not for judging a model.)
     run_score(spark, load_config("local", [f"lake={copy.root}", f"score.score_date={PAST_DAY}"]), copy, "warehouse-past")
     register = subprocess.run(
         [sys.executable, "-m", "ecominsight", "register", "--set", f"lake={copy.root}", "--set", "run_id=warehouse",
@@ -89,15 +92,13 @@ def warehouse(pipeline_run, tmp_path_factory):
     return copy, read_json(copy.report_dir("warehouse") / "register.json"), json.loads(out_file.read_text()), summary
 
 
-def duckdb_over_lake(lake: Lake) -> duckdb.DuckDBPyConnection:
-    """DuckDB views named like the registered tables, over the same Parquet files."""
+def duckdb_over_lake(report: dict) -> duckdb.DuckDBPyConnection:
+    """DuckDB views named like the registered tables, over the same current Parquet files: the
+    statements `register` wrote into register.json."""
     con = duckdb.connect()
     con.execute("CREATE SCHEMA ecominsight")
-    for zone in REGISTERED_ZONES:
-        for table in lake.tables(zone):
-            path = Path(lake.table_path(table))
-            con.execute(f"CREATE VIEW ecominsight.{table.warehouse_name} AS SELECT * FROM "
-                        f"read_parquet('{path}/**/*.parquet', hive_partitioning = true)")
+    for entry in report["tables"].values():
+        con.execute(entry["duckdb"])
     return con
 
 
@@ -112,13 +113,20 @@ def test_register_puts_every_lake_table_in_the_metastore(warehouse):
     assert report["catalog"] == "hive"
     assert report["tables"]["scores_user_scores"]["partitioned_by"] == ["score_date"]
     assert report["tables"]["insights_user_profiles"]["partitioned_by"] == []
+    # Each registered table is the lake's current version: an unpartitioned one's LOCATION is the
+    # version folder its manifest names; a partitioned one's days sit in two versions here.
+    profiles = catalog.table("insights", "user_profiles")
+    assert report["tables"]["insights_user_profiles"]["location"] == lake.current_locations(profiles)[""]
+    assert report["tables"]["insights_user_profiles"]["location"].endswith(lake.version(profiles))
+    scores = lake.manifest(USER_SCORES)
+    assert len(set(scores["partitions"].values())) == 2 and report["tables"]["scores_user_scores"]["partitions"] >= 2
 
 
 def test_documented_queries_agree_between_spark_sql_and_duckdb(warehouse):
-    lake, _, spark_results, summary = warehouse
+    lake, report, spark_results, summary = warehouse
     queries = documented_queries()
     assert set(queries) == {"top_decile_by_segment", "conversion_by_decile", "daily_score_drift"}
-    con = duckdb_over_lake(lake)
+    con = duckdb_over_lake(report)
     for name, sql in queries.items():
         spark_rows = spark_results["rows"][name]
         duck_rows = [[_plain(v) for v in row] for row in con.execute(sql).fetchall()]

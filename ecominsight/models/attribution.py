@@ -89,10 +89,13 @@ def _explain_partitions(model_dir: str, numeric_names: list[str], *, top_events:
         import pandas as pd
         import torch
 
+        from ecominsight import storage
         from ecominsight.models.classifier import encode_texts, load_classifier
 
         torch.set_num_threads(torch_threads)
-        model, tokenizer, scaler, max_length = load_classifier(model_dir)
+        # Loaded into memory from a local copy (the lake may be an object store).
+        with storage.resolve(model_dir).local_copy() as local:
+            model, tokenizer, scaler, max_length = load_classifier(local)
 
         def encode(text: str) -> list[int]:
             return encode_texts(tokenizer, [text], max_length=max_length)[0]["input_ids"]

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ecominsight import storage
 from ecominsight.config import ConfigError
+from ecominsight.storage import StoragePath
 from ecominsight.models.classifier import TextAndNumbersClassifier, encode_texts, load_classifier
 
 log = logging.getLogger(__name__)
@@ -55,16 +57,20 @@ def check_precision(precision: str) -> None:
 
 
 def onnx_path(model_dir: str | Path) -> Path:
+    """Where the ONNX export of a model in a local folder is (`load_scorer` reads it there)."""
     return Path(model_dir) / ONNX_FILE
 
 
-def export_onnx(model_dir: str | Path) -> Path:
-    """Export encoder + numeric head (+ softmax) of the model in `model_dir` to ONNX, once per model
-    version: an existing export is reused. Batch and sequence axes are dynamic. Returns the path."""
-    target = onnx_path(model_dir)
-    if target.is_file():
+def export_onnx(model_dir: str | os.PathLike[str] | StoragePath) -> StoragePath:
+    """Export encoder + numeric head (+ softmax) of the model in `model_dir` (a folder on the lake, any
+    store, or a local one) to ONNX, once per model version: an existing export is reused. Batch and
+    sequence axes are dynamic. Returns where the export is."""
+    folder = model_dir if isinstance(model_dir, StoragePath) else storage.resolve(model_dir)
+    target = folder / ONNX_FILE.as_posix()
+    if target.exists():
         return target
-    model, tokenizer, scaler, _ = load_classifier(model_dir)
+    with folder.local_copy() as local:
+        model, tokenizer, scaler, _ = load_classifier(local)
     # Two texts of different lengths: the traced graph must see a padded batch, so that the attention
     # mask is built from the input rather than folded away as all-ones.
     example = tokenizer(["a short text", "a longer text with several more words in it"], padding=True,
@@ -72,30 +78,27 @@ def export_onnx(model_dir: str | Path) -> Path:
     numeric = torch.zeros(2, len(scaler.names))
     token_type_ids = example.get("token_type_ids", torch.zeros_like(example["input_ids"]))
     sequence = {0: "batch", 1: "sequence"}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Written under a temporary name and renamed: a concurrent or interrupted export never leaves
-    # a half-written model that a later run would load.
-    handle, tmp = tempfile.mkstemp(dir=target.parent, suffix=".onnx.tmp")
-    os.close(handle)
-    try:
+    # Exported on this machine, then written in one atomic replace (one PUT on an object store): a
+    # concurrent or interrupted export never leaves a half-written model that a later run would load.
+    with tempfile.TemporaryDirectory(prefix="ecominsight-onnx-") as scratch:
+        exported = Path(scratch) / ONNX_FILE.name
         # The TorchScript exporter needs only the `onnx` package (the dynamo one also needs onnxscript).
         torch.onnx.export(
-            _Probability(model).eval(), (example["input_ids"], example["attention_mask"], token_type_ids, numeric), tmp,
-            input_names=["input_ids", "attention_mask", "token_type_ids", "numeric"], output_names=["probability"],
+            _Probability(model).eval(), (example["input_ids"], example["attention_mask"], token_type_ids, numeric),
+            str(exported), input_names=["input_ids", "attention_mask", "token_type_ids", "numeric"],
+            output_names=["probability"],
             dynamic_axes={"input_ids": sequence, "attention_mask": sequence, "token_type_ids": sequence,
                           "numeric": {0: "batch"}, "probability": {0: "batch"}},
             opset_version=ONNX_OPSET, dynamo=False,
         )
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    log.info("exported %s to ONNX at %s", model_dir, target)
+        target.write_bytes(exported.read_bytes())
+    log.info("exported %s to ONNX at %s", folder, target)
     return target
 
 
 def load_scorer(model_dir: str | Path, *, precision: str = "fp32", threads: int = 1, device: str | None = None) -> Scorer:
-    """A function (texts, raw numeric features [n, k]) -> positive-class probabilities (float64, n).
+    """A function (texts, raw numeric features [n, k]) -> positive-class probabilities (float64, n),
+    from the model in the local folder `model_dir` (a lake's: StoragePath.local_copy).
 
     `threads` is the intra-op thread count (torch or ONNX Runtime); `device` defaults to cuda for
     bf16 and cpu otherwise. For `onnx` the export must exist (`export_onnx`, run on the driver)."""

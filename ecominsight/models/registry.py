@@ -53,13 +53,13 @@ def resolve_version(lake: Lake, name: str, version: str) -> str:
     """`latest` -> the published version; an explicit version must exist."""
     if version == "latest":
         pointer = lake.model_pointer(name, LATEST)
-        if not pointer.is_file():
+        if not pointer.exists():
             raise LakeError(f"no trained {name!r} model under {lake.model_root(name)}; run the 'train' stage first")
-        version = pointer.read_text(encoding="utf-8").strip()
+        version = pointer.read_text().strip()
     # A version names a folder under models/<name>/: from config or a LATEST file, it must not climb out.
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", version):
         raise LakeError(f"model {name!r} version {version!r} is not a version name (letters, digits, '.', '_', '-')")
-    if not lake.model_dir(name, version).is_dir():
+    if not lake.model_dir(name, version).exists():
         raise LakeError(f"model {name!r} version {version!r} does not exist at {lake.model_dir(name, version)}")
     return version
 
@@ -73,7 +73,7 @@ def resolve_champion(lake: Lake) -> tuple[str, str] | None:
     """(model name, version) of `models/CHAMPION`, checked like any version; None on a lake trained
     before champions existed."""
     pointer = lake.champion_pointer()
-    if not pointer.is_file():
+    if not pointer.exists():
         return None
     record = read_json(pointer)
     name = str(record["model"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Mapping
 
 from pyspark.ml.functions import predict_batch_udf
@@ -11,6 +9,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType
 
+from ecominsight import storage
+from ecominsight.io import read_json
 from ecominsight.models.champion import LOGIT_EPSILON, Stacker
 from ecominsight.models.classifier import META_FILE
 
@@ -24,10 +24,13 @@ def transformer_probability_udf(model_dir: str, *, n_numeric: int, batch_size: i
         import os
 
         os.environ["HF_HUB_OFFLINE"] = "1"
+        from ecominsight import storage
         from ecominsight.models.inference import load_scorer
 
-        # One thread per Python worker: Spark already runs one worker per core.
-        return load_scorer(model_dir, precision=precision, threads=torch_threads)
+        # A local copy while it loads (the lake may be an object store); the scorer keeps the model
+        # in memory. One thread per Python worker: Spark already runs one worker per core.
+        with storage.resolve(model_dir).local_copy() as local:
+            return load_scorer(local, precision=precision, threads=torch_threads)
 
     return predict_batch_udf(make_predict_fn, return_type=DoubleType(), batch_size=batch_size,
                              input_tensor_shapes=[None, [n_numeric]])
@@ -45,7 +48,7 @@ def transformer_probability(text: Column, model_dir: str, *, batch_size: int, to
     check_precision(precision)
     if precision == "onnx":
         export_onnx(model_dir)
-    names = json.loads((Path(model_dir) / META_FILE).read_text())["numeric"]["names"]
+    names = read_json(storage.resolve(model_dir) / META_FILE)["numeric"]["names"]
     # A model without numeric features still takes a (one-wide, ignored) array: the UDF's shape is fixed.
     numeric = F.array(*[F.col(name).cast("double") for name in names]) if names else F.array(F.lit(0.0))
     return transformer_probability_udf(model_dir, n_numeric=max(len(names), 1), batch_size=batch_size,

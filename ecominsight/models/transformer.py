@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from ecominsight import storage
 from ecominsight.errors import ModelPathError
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,9 @@ def load_tokenizer(pretrained_path: str, *, extra_tokens: list[str]):
 def _read_split(data_path: str, split: str, numeric_columns: list[str]) -> dict[str, Any]:
     import pyarrow.dataset as ds
 
-    table = ds.dataset(data_path, format="parquet").to_table(
+    from ecominsight.io import table_dataset
+
+    table = table_dataset(data_path).to_table(
         columns=["user_id", "text", "label", *numeric_columns], filter=ds.field("split") == split
     )
     frame = table.to_pandas().sort_values("user_id", kind="stable").reset_index(drop=True)
@@ -97,17 +102,19 @@ def stratified_sample(labels: Any, cap: int | None, *, seed: int) -> Any:
 
 
 class _Checkpoints:
-    """Per-epoch training state on the lake: weights as safetensors, optimizer/scheduler through
-    `torch.load(weights_only=True)` (no arbitrary unpickling), progress as JSON. An epoch counts
-    only once its `state.json` is written, last."""
+    """Per-epoch training state on the lake (any store: storage.py): weights as safetensors,
+    optimizer/scheduler through `torch.load(weights_only=True)` (no arbitrary unpickling), progress
+    as JSON. Each epoch is saved in a local temp folder and uploaded; it counts only once its
+    `state.json` is written, last."""
 
     def __init__(self, directory: str | None):
-        self.directory = Path(directory) if directory else None
+        self.directory = storage.resolve(directory) if directory else None
 
     def latest_epoch(self) -> int:
-        if self.directory is None or not self.directory.is_dir():
+        if self.directory is None:
             return 0
-        done = [int(p.parent.name.split("-")[1]) for p in self.directory.glob("epoch-*/state.json")]
+        done = [int(name.split("-")[1]) for name in self.directory.list()
+                if re.fullmatch(r"epoch-\d+", name) and (self.directory / name / "state.json").exists()]
         return max(done, default=0)
 
     def save(self, epoch: int, model, optimizer, scheduler, best_state: dict, progress: dict) -> None:
@@ -117,10 +124,12 @@ class _Checkpoints:
         from ecominsight.io import write_json
 
         target = self.directory / f"epoch-{epoch}"
-        target.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(target / "model.safetensors"))
-        save_file({k: v.contiguous() for k, v in best_state.items()}, str(target / "best.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, target / "optimizer.pt")
+        with tempfile.TemporaryDirectory(prefix="ecominsight-checkpoint-") as scratch:
+            local = Path(scratch)
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(local / "model.safetensors"))
+            save_file({k: v.contiguous() for k, v in best_state.items()}, str(local / "best.safetensors"))
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, local / "optimizer.pt")
+            target.upload_dir(local)
         write_json(target / "state.json", progress)
 
     def load(self, epoch: int, model, optimizer, scheduler) -> tuple[dict, dict]:
@@ -130,19 +139,21 @@ class _Checkpoints:
         from ecominsight.io import read_json
 
         source = self.directory / f"epoch-{epoch}"
-        model.load_state_dict(load_file(str(source / "model.safetensors")))
-        states = torch.load(source / "optimizer.pt", weights_only=True)
+        with source.local_copy() as local:
+            model.load_state_dict(load_file(str(local / "model.safetensors")))
+            states = torch.load(local / "optimizer.pt", weights_only=True)
+            best = load_file(str(local / "best.safetensors"))
         optimizer.load_state_dict(states["optimizer"])
         scheduler.load_state_dict(states["scheduler"])
-        return load_file(str(source / "best.safetensors")), read_json(source / "state.json")
+        return best, read_json(source / "state.json")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
     """Everything a training rank needs, as plain values (TorchDistributor pickles it to every rank)."""
 
-    data_path: str  # the fused table (features/user_sequences)
-    output_dir: str  # models/transformer/<version>/
+    data_path: str  # the fused table's root URI (features/user_sequences); ranks follow its manifest
+    output_dir: str  # models/transformer/<version>/, a URI in the lake's scheme
     # The configured name, not the driver's path: each rank resolves it in its own environment
     # (on a cluster the executors' shipped env lies elsewhere than the driver's).
     pretrained: str
@@ -159,7 +170,7 @@ class TrainSpec:
     numeric_features: tuple[str, ...]  # fed to the head beside the text; empty: text only
     freeze_layers: int = 0
     max_train_users: int | None = None
-    checkpoint_dir: str | None = None  # None: no checkpoints
+    checkpoint_dir: str | None = None  # a URI in the lake's scheme; None: no checkpoints
     use_gpu: bool = False
 
     def checkpoint_key(self, world: int) -> str:
@@ -359,8 +370,11 @@ def train_worker(spec: TrainSpec) -> None:
     valid_probabilities = best_valid if best_valid is not None else predict("valid")
     test_probabilities = predict("test")
     if rank == 0:
-        output = Path(spec.output_dir)
-        save_classifier(model, tokenizer, scaler, output, max_length=spec.max_length)
+        # Saved on this machine and uploaded: the lake may be an object store.
+        output = storage.resolve(spec.output_dir)
+        with tempfile.TemporaryDirectory(prefix="ecominsight-model-") as scratch:
+            save_classifier(model, tokenizer, scaler, Path(scratch), max_length=spec.max_length)
+            output.upload_dir(scratch)
         metrics = evaluate_splits((data["valid"]["label"], valid_probabilities), (data["test"]["label"], test_probabilities))
         write_json(output / "metrics.json", {
             **metrics,

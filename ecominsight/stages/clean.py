@@ -130,8 +130,8 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> C
                 lake.write(frame, table)
         report = data_quality.clean_report(
             run_id=run_id, preset=preset.name, profiles=profiles, users=lake.read(spark, CLEAN_USERS),
-            # With a schema: an input whose every row was quarantined leaves no event files.
-            events=lake.read(spark, CLEAN_EVENTS, schema=accepted.schema),
+            # An input whose every row was quarantined leaves no event partition: an empty table.
+            events=lake.read(spark, CLEAN_EVENTS),
         )
     write_json(lake.report_dir(run_id) / "data_quality.json", report)
     counts = table_counts(profiles)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -19,6 +18,7 @@ from ecominsight.io import Lake, read_json
 from ecominsight.session import default_parallelism
 from ecominsight.stages.base import StageResult
 from ecominsight.stages.train import GBT_MODEL, LR_MODEL, TRANSFORMER_MODEL
+from ecominsight.storage import StoragePath
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def scoring_model(lake: Lake, settings: ScoreConfig) -> tuple[str, str]:
 def _same_run_or_latest(lake: Lake, name: str, version: str) -> str:
     from ecominsight.models import registry
 
-    return registry.resolve_version(lake, name, version if lake.model_dir(name, version).is_dir() else "latest")
+    return registry.resolve_version(lake, name, version if lake.model_dir(name, version).exists() else "latest")
 
 
 def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> ScoreResult:
@@ -200,7 +200,7 @@ def _stacked(lake: Lake, version: str) -> Column:
 
 
 def _explain_top_decile(spark: SparkSession, settings: ExplainConfig, torch_threads: int, lake: Lake, current: DataFrame,
-                        score_date: dt.date, model_dir: Path) -> int:
+                        score_date: dt.date, model_dir: StoragePath) -> int:
     """The day's decile-1 users, highest probability first (`insights.explain.max_users`) ->
     scores/explanations/score_date=<day>/ (occlusion, ecominsight/models/attribution.py). Returns the rows."""
     from ecominsight.models import attribution
@@ -220,7 +220,7 @@ def _explain_top_decile(spark: SparkSession, settings: ExplainConfig, torch_thre
         "user_id", "probability", "explained_probability", "score_decile", "model_version", "events_occluded", "events",
         F.lit(score_date).cast("date").alias("score_date"))
     lake.write(rows, EXPLANATIONS)
-    # With its schema: a day whose top decile is empty (probabilities tied at the top, as a baseline
-    # champion can give on few features) writes no files, and that reads as no explanations.
-    written = lake.read(spark, EXPLANATIONS, schema=rows.schema)
+    # A day whose top decile is empty (probabilities tied at the top, as a baseline champion can give
+    # on few features) writes no partition: it reads as no explanations (the manifest keeps the schema).
+    written = lake.read(spark, EXPLANATIONS)
     return written.filter(F.col("score_date") == F.lit(score_date)).count()

@@ -114,7 +114,7 @@ def _fit_baseline(name: str, pipeline, data: DataFrame, lake: Lake, version: str
     predictions = _split_predictions(baseline.with_probability(model, data, output_col="p"), "p")
     metrics = {**_evaluate(predictions), **baseline.explain(model)}
     model_dir = lake.model_dir(name, version)
-    model.write().overwrite().save(str(model_dir / "spark_model"))
+    model.write().overwrite().save((model_dir / "spark_model").uri)
     write_json(model_dir / "metrics.json", metrics)
     write_json(model_dir / "lineage.json", {**lineage, "model": name})
     log.info("train: %s test ROC-AUC %s (95%% CI %s)", name, metrics["test"]["roc_auc"], metrics["test"]["roc_auc_ci"])
@@ -189,11 +189,11 @@ def _train_transformer(settings: TransformerConfig, lake: Lake, train_split: Dat
         extra_tokens = transformer.missing_characters(transformer.load_tokenizer(pretrained_path, extra_tokens=[]), characters)
         log.info("train: %d CJK characters in the training text, %d added to the vocabulary", len(characters), len(extra_tokens))
     spec = transformer_spec(settings, data_path=lake.table_path(USER_SEQUENCES),
-                            output_dir=str(lake.model_dir(TRANSFORMER_MODEL, version)), extra_tokens=extra_tokens)
+                            output_dir=lake.model_dir(TRANSFORMER_MODEL, version).uri, extra_tokens=extra_tokens)
     if settings.checkpoint:
         key = spec.checkpoint_key(world=settings.num_processes)
         spec = dataclasses.replace(
-            spec, checkpoint_dir=str(lake.checkpoint_dir(TRANSFORMER_MODEL, f"{fingerprint[:12]}-{key[:12]}")))
+            spec, checkpoint_dir=lake.checkpoint_dir(TRANSFORMER_MODEL, f"{fingerprint[:12]}-{key[:12]}").uri)
     transformer.run_distributed_training(spec, num_processes=settings.num_processes, local_mode=settings.local_mode)
     metrics = read_json(lake.model_dir(TRANSFORMER_MODEL, version) / "metrics.json")
     write_json(lake.model_dir(TRANSFORMER_MODEL, version) / "lineage.json",
@@ -216,7 +216,8 @@ def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> T
     fingerprint = registry.data_fingerprint(data)
     version = registry.new_version(fingerprint)
     lineage = {"version": version, "run_id": run_id, "data_fingerprint": fingerprint,
-               "data_path": lake.table_path(USER_SEQUENCES), "code_version": registry.code_version(),
+               "data_path": lake.table_path(USER_SEQUENCES), "data_version": lake.version(USER_SEQUENCES),
+               "code_version": registry.code_version(),
                "config": redaction.redact_mapping(config_to_dict(config)), "trained_at": dt.datetime.now(dt.timezone.utc).isoformat()}
 
     from ecominsight.models import champion
@@ -241,6 +242,6 @@ def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> T
         registry.publish(lake, name, version)
     registry.publish_champion(lake, record["model"], version, reason=record["reason"])
     result = TrainResult(version=version, metrics=metrics, champion=record,
-                         model_dirs={name: str(lake.model_dir(name, version)) for name in metrics})
+                         model_dirs={name: lake.model_dir(name, version).uri for name in metrics})
     result.write(lake, run_id, "train")
     return result
