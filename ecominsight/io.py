@@ -319,15 +319,17 @@ class Lake:
         Partitioned tables replace exactly the partitions `df` holds; the others keep theirs."""
         folder = self.new_version(table)
         try:
-            writer = df.write.mode("errorifexists")
             if table.partition_by:
                 # Hashed on the partition columns, each value lands in one task: one file per partition
                 # instead of one per (task, value). The task count is explicit: left to adaptive execution,
                 # a shuffle of a few hundred MB is coalesced into fewer tasks than there are cores.
                 tasks = WRITE_TASKS_PER_CORE * default_parallelism(df.sparkSession)
-                writer = df.repartition(tasks, *table.partition_by).write.mode("errorifexists") \
-                    .partitionBy(*table.partition_by)
-            writer.parquet(folder.uri)
+                writer = df.repartition(tasks, *table.partition_by).write.partitionBy(*table.partition_by)
+            else:
+                writer = df.write
+            # A fresh folder: a plain write, committed by the session's committer (the S3A committers
+            # on s3a://); no overwrite, so no dynamic partition overwrite, which those refuse.
+            writer.mode("errorifexists").parquet(folder.uri)
         except Exception as err:
             # No partial output: the unfinished version goes, and so does the folder of a table that was
             # never published (a first write that failed).
@@ -453,8 +455,8 @@ class Lake:
     def _published(self, table: Table) -> dict[str, Any]:
         manifest = self.manifest(table)
         if manifest is None:
-            raise LakeError(f"lake table {table} is missing at {self.table_path(table)} (no {MANIFEST}); "
-                            f"run the {table.written_by!r} stage first")
+            raise LakeError(f"lake table {table} is missing at {self.table_path(table)}; run the {table.written_by!r} "
+                            f"stage first (a table is published only once its {MANIFEST} is written)")
         if manifest.get("format") != MANIFEST_FORMAT:
             raise LakeError(f"{self.table_path(table)}/{MANIFEST} has format {manifest.get('format')!r}; this "
                             f"version of ecominsight reads format {MANIFEST_FORMAT}")

@@ -22,8 +22,9 @@ from ecominsight.errors import SessionError
 
 log = logging.getLogger(__name__)
 
-# Settings every stage relies on: UTC so that `ts` means the same everywhere, dynamic partition
-# overwrite so that a re-run replaces exactly the partitions it recomputes, and Arrow for pandas UDFs.
+# Settings every stage relies on: UTC so that `ts` means the same everywhere and Arrow for pandas
+# UDFs. Dynamic partition overwrite stays the default for any overwrite of a partitioned path outside
+# the lake (the lake never overwrites: each write is a new version, io.Lake).
 REQUIRED_SQL_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.sources.partitionOverwriteMode": "dynamic",

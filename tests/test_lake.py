@@ -140,7 +140,7 @@ def test_retired_versions_stay_for_the_grace_period_then_go(lake_root):
 
 def test_a_missing_table_names_the_stage_and_a_folder_without_manifest_is_no_table(lake_root):
     lake = Lake(lake_root)
-    with pytest.raises(LakeError, match=r"scores/probe is missing .*run the 'score' stage first"):
+    with pytest.raises(LakeError, match=r"scores/probe is missing at .*; run the 'score' stage first"):
         lake.read_arrow(BY_DAY)
     write_like_spark(lake, PLAIN, [{"id": 1, "tag": "a"}], publish=False)
     assert not lake.exists(PLAIN) and lake.tables("features") == []

@@ -114,12 +114,12 @@ def test_register_puts_every_lake_table_in_the_metastore(warehouse):
     assert report["tables"]["scores_user_scores"]["partitioned_by"] == ["score_date"]
     assert report["tables"]["insights_user_profiles"]["partitioned_by"] == []
     # Each registered table is the lake's current version: an unpartitioned one's LOCATION is the
-    # version folder its manifest names; a partitioned one's days sit in two versions here.
+    # version folder its manifest names; a partitioned one's days sit in several versions here.
     profiles = catalog.table("insights", "user_profiles")
     assert report["tables"]["insights_user_profiles"]["location"] == lake.current_locations(profiles)[""]
     assert report["tables"]["insights_user_profiles"]["location"].endswith(lake.version(profiles))
     scores = lake.manifest(USER_SCORES)
-    assert len(set(scores["partitions"].values())) == 2 and report["tables"]["scores_user_scores"]["partitions"] >= 2
+    assert len(set(scores["partitions"].values())) >= 2 and report["tables"]["scores_user_scores"]["partitions"] >= 2
 
 
 def test_documented_queries_agree_between_spark_sql_and_duckdb(warehouse):

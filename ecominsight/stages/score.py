@@ -42,7 +42,7 @@ class ScoreResult(StageResult):
     users_explained: int
 
     def describe(self, lake: Lake) -> list[str]:
-        return [f"  scores:  {self.path}/score_date={self.score_date}  ({self.users_scored} users)"]
+        return [f"  scores:  {self.path}  (score_date={self.score_date}: {self.users_scored} users)"]
 
 
 def _latest_scores(spark: SparkSession, lake: Lake, *, on_or_before: dt.date) -> DataFrame | None:
