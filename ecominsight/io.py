@@ -437,10 +437,16 @@ class Lake:
         return (self._table_root(table) / MANIFEST).exists()
 
     def tables(self, zone: str) -> list[Table]:
-        """The published tables of a zone (folders with a manifest), sorted by name."""
-        folder = self.root / zone
-        return [catalog.table(zone, name) for name in folder.list()
-                if not name.startswith(("_", ".")) and (folder / name / MANIFEST).exists()]
+        """The published tables of a zone (folders with a manifest), sorted by name; partitioned as
+        their manifests say (a table the catalog does not name keeps its partitioning too)."""
+        found = []
+        for name in (self.root / zone).list():
+            if name.startswith(("_", ".")):
+                continue
+            manifest = self.manifest(catalog.table(zone, name))
+            if manifest is not None:
+                found.append(Table(zone, name, tuple(manifest.get("partition_by", ()))))
+        return found
 
     def drop(self, table: Table) -> None:
         """Remove a table if it exists (a table a run does not produce must not outlive it): the

@@ -236,6 +236,40 @@ def test_a_failed_spark_write_leaves_no_version_and_the_previous_table(spark, tm
     assert not (lake.root / "features" / "never").exists()
 
 
+def test_register_follows_the_current_version_in_the_sessions_catalog(spark, tmp_path):
+    """`register` in the suite's session (Spark's in-memory catalog): a partitioned table whose days
+    sit in two versions reads as the lake does, with a partition per day at its version's folder; a
+    later write moves a day, and registering again moves the table with it."""
+    from pyspark.sql import functions as F
+
+    from ecominsight.config import load_config
+    from ecominsight.stages.register import run_register
+
+    lake = Lake(tmp_path / "lake", retain_versions_minutes=60)
+    config = load_config("local", [f"lake={lake.root}", "warehouse.database=lake_test", "warehouse.zones=[scores]"])
+    events = spark.range(20).select("id", F.lit("v1").alias("tag"),
+                                    F.expr("date_add(date'2024-01-01', cast(id % 2 as int))").alias("day"))
+    lake.write(events, BY_DAY)
+    lake.write(events.where("day = date'2024-01-02'").withColumn("tag", F.lit("v2")), BY_DAY)
+    report = run_register(spark, config, lake, "register-1")
+    entry = report.tables["scores_probe"]
+    assert entry["partitioned_by"] == ["day"] and entry["version"] == lake.version(BY_DAY)
+
+    def registered() -> dict[tuple[str, str], int]:
+        rows = spark.table("lake_test.scores_probe").groupBy("day", "tag").count().collect()
+        return {(str(r["day"]), r["tag"]): r["count"] for r in rows}
+
+    assert registered() == {("2024-01-01", "v1"): 10, ("2024-01-02", "v2"): 10}
+    partitions = spark.sql("SHOW PARTITIONS lake_test.scores_probe").collect()
+    assert [r[0] for r in partitions] == ["day=2024-01-01", "day=2024-01-02"]
+
+    lake.write(events.where("day = date'2024-01-01'").withColumn("tag", F.lit("v3")), BY_DAY)
+    assert registered() == {("2024-01-01", "v1"): 10, ("2024-01-02", "v2"): 10}  # still the registered version
+    run_register(spark, config, lake, "register-2")
+    assert registered() == {("2024-01-01", "v3"): 10, ("2024-01-02", "v2"): 10}
+    spark.sql("DROP DATABASE lake_test CASCADE")
+
+
 # --- Spark on s3a:// (a child process with the cloud jars) ---------------------------------------
 
 def test_spark_publishes_and_reads_versions_on_s3a(s3_bucket, cloud_jars, tmp_path):

@@ -93,7 +93,7 @@ def run_register(spark: SparkSession, config: Config, lake: Lake, run_id: str) -
             for statement in table_ddl(database, table, locations, schema=lake.schema(table),
                                        root=lake.table_uri(table)):
                 spark.sql(statement)
-            partitions = [c.name for c in spark.catalog.listColumns(table.warehouse_name, database) if c.isPartition]
+            partitions = [c.name for c in spark.catalog.listColumns(f"{database}.{table.warehouse_name}") if c.isPartition]
             files = [file.path if file.is_local else file.uri.replace("s3a://", "s3://", 1)
                      for file in lake.current_files(table)]
             registered[table.warehouse_name] = {
