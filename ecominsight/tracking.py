@@ -145,8 +145,8 @@ def log_training(settings: TrackingConfig, *, report: Mapping[str, Any], lineage
     """One MLflow run per trained model, each registered as a new version, and the champion's version
     aliased. Input: the train stage's report (train.json's content: version, each model's metrics,
     model_dirs, champion) and each model's lineage.json. Output: model name -> its registered version."""
-    client = _client(settings)
     with _mlflow_errors("MLflow tracking", settings):
+        client = _client(settings)
         experiment_id = _experiment_id(client, settings.experiment)
         registered = {name: _track_model(client, settings, experiment_id, name, report=report,
                                          lineage=lineages[name], lake_root=lake_root)
@@ -173,8 +173,8 @@ def registered_lake_model(settings: TrackingConfig, uri: str, *, lake_root: str)
     """(lake model name, lake version) of the registered version that `uri` (`models:/<name>@<alias>` or
     `models:/<name>/<version>`) names, read from the tags the train stage gave it."""
     name, alias, number = parse_models_uri(uri)
-    client = _client(settings)
     with _mlflow_errors(f"score.model={uri}", settings):
+        client = _client(settings)
         found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
     model, version = found.tags.get(TAG_MODEL), found.tags.get(TAG_VERSION)
     if not model or not version:
