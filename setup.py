@@ -16,6 +16,10 @@ How each lower bound was chosen (the upper bounds only where a next major is kno
 - fsspec 2024.12.0: `pipe_file(..., mode="create")`, the lake's conditional create (ecominsight.storage).
 - torch 2.5: `torch.onnx.export(..., dynamo=False)` (the `dynamo` argument is new in 2.5).
 - transformers 5 (< 6): the code is written against the 5.x API; 4.x is not tested.
+- mlflow-skinny 3.0 (< 4): from MLflow 3 the full `mlflow` package depends on `mlflow-skinny` of its
+  own version, so a platform's MLflow 3 (Databricks Runtime ML) meets the extra without a second copy;
+  the client API used (runs, log_batch/log_dict/log_artifacts, registered versions, aliases) is older.
+  Tested with 3.17.2 only.
 The lowest set (pandas 2.2.0, pyarrow 18.0.0, numpy 1.26.0, scikit-learn 1.3.1, matplotlib 3.7.3,
 PyYAML 6.0.1, fsspec 2024.12.0) runs the unit tests on Python 3.12; README's "Installing" section
 lists what ran where.
@@ -54,9 +58,13 @@ EXTRAS_REQUIRE = {
     # `connect` extra, at its floors, named here so that they never pull a pyspark. Databricks
     # (serverless, Databricks Connect) brings its own.
     "connect": ["grpcio>=1.76.0", "grpcio-status>=1.76.0", "googleapis-common-protos>=1.71.0", "zstandard>=0.25.0"],
+    # tracking.mlflow_uri: runs and registered models in MLflow (ecominsight.tracking). The skinny client
+    # only: the full `mlflow` adds the server, its web UI and their dependencies (and 3.17 caps pyarrow < 26).
+    "mlflow": ["mlflow-skinny>=3.0,<4"],
 }
 # Everything a stage may import, less what the platform brings (its Spark, its Spark Connect client):
-# `ecominsight[all]` (add `spark`, and `connect` for --remote, off a cluster).
+# `ecominsight[all]` (add `spark`, and `connect` for --remote, off a cluster). MLflow is in it: the
+# driver of a cluster run (submit.sh's packed env) is what talks to the tracking server.
 PLATFORM_EXTRAS = ("spark", "connect")
 EXTRAS_REQUIRE["all"] = sorted({r for name, reqs in EXTRAS_REQUIRE.items() if name not in PLATFORM_EXTRAS for r in reqs})
 

@@ -20,6 +20,7 @@ import yaml
 from ecominsight.catalog import TABLE_ZONES
 from ecominsight.errors import ConfigError
 from ecominsight.storage import normalise_uri
+from ecominsight.tracking import check_alias, check_uri, is_models_uri, parse_models_uri, uses_unity_catalog
 from ecominsight.validation import build, rule
 
 log = logging.getLogger(__name__)
@@ -169,13 +170,27 @@ class TrainConfig:
     champion: str = field(default="auto", metadata=rule(choices=("auto", "lr", "gbt", "transformer", "hybrid")))
 
 
+SCORING_MODELS = ("champion", "lr", "gbt", "transformer", "hybrid")
+
+
+def check_scoring_model(value: str, key: str = "score.model") -> None:
+    """`score.model`: `champion`, a model name, or a registered model (`models:/<name>@<alias>`,
+    `models:/<name>/<version>`: ecominsight.tracking resolves it to the lake's model)."""
+    if is_models_uri(value):
+        parse_models_uri(value, key)
+    elif value not in SCORING_MODELS:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(SCORING_MODELS)}, nor a registered model "
+                          "models:/<name>@<alias> or models:/<name>/<version>")
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
     score_date: str | None = field(default=None, metadata=_ISO_DATE)  # None: the scoring table's as_of day
     # full: rescore everyone; incremental: only users with new events
     mode: str = field(default="full", metadata=rule(choices=("full", "incremental")))
-    # champion: the model the train stage chose (models/CHAMPION); or a model name
-    model: str = field(default="champion", metadata=rule(choices=("champion", "lr", "gbt", "transformer", "hybrid")))
+    # champion: the model the train stage chose (models/CHAMPION); or a model name; or a registered model,
+    # models:/<name>@<alias> (tracking.mlflow_uri), which names a lake model and version
+    model: str = field(default="champion", metadata=rule(check=check_scoring_model))
     model_version: str = "latest"
     batch_size: int = field(default=32, metadata=_POSITIVE)
     torch_threads: int = field(default=1, metadata=_POSITIVE)
@@ -322,6 +337,23 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow (the `mlflow` extra): off unless `mlflow_uri` is set (ecominsight.tracking)."""
+
+    # http(s)://host:port, databricks, databricks://<profile>, ...; credentials come from the environment
+    # (MLFLOW_TRACKING_TOKEN, DATABRICKS_TOKEN, ...), never from the URI
+    mlflow_uri: str | None = field(default=None, metadata=rule(non_empty=True, check=check_uri))
+    # None: MLflow's default for mlflow_uri (the same server; Unity Catalog for databricks); databricks-uc
+    registry_uri: str | None = field(default=None, metadata=rule(non_empty=True, check=check_uri))
+    experiment: str = field(default="ecominsight", metadata=_NAME)  # on Databricks a workspace path: /Shared/ecominsight
+    # Each model registers as <prefix><model> (lr, gbt, transformer, hybrid); Unity Catalog needs
+    # <catalog>.<schema>.<name>, so a prefix such as main.ecominsight.
+    registered_model_prefix: str = field(default="ecominsight_", metadata=rule(
+        pattern=("[A-Za-z0-9_.-]+", "letters, digits, '_', '-' or '.'")))
+    champion_alias: str = field(default="champion", metadata=rule(check=check_alias))  # set on the champion's version
+
+
+@dataclass(frozen=True)
 class Config:
     env: str = "local"
     # The lake root: a plain path (relative to the working directory), file://, or a store URI kept
@@ -337,6 +369,7 @@ class Config:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     insights: InsightsConfig = field(default_factory=InsightsConfig)
     warehouse: WarehouseConfig = field(default_factory=WarehouseConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
     @property
@@ -397,6 +430,32 @@ def _validate_across_fields(config: Config) -> None:
             "fuse.valid_fraction and fuse.test_fraction must each lie in (0, 1) and sum to less than 1"
         )
     _validate_insights(config.insights)
+    _validate_tracking(config.tracking, config.score)
+
+
+def _validate_tracking(tracking: TrackingConfig, score: ScoreConfig) -> None:
+    """What MLflow would refuse only after training: a registry without a tracking URI, Unity Catalog
+    names that are not three-level, a Databricks experiment that is no workspace path; and a registered
+    scoring model without a registry to ask."""
+    if tracking.mlflow_uri is None:
+        if tracking.registry_uri is not None:
+            raise ConfigError("tracking.registry_uri: set tracking.mlflow_uri too (tracking is off without it)")
+        if is_models_uri(score.model):
+            raise ConfigError(f"score.model={score.model}: a registered model needs tracking.mlflow_uri "
+                              "(the MLflow server whose registry holds it)")
+        return
+    if uses_unity_catalog(tracking):
+        parts = tracking.registered_model_prefix.split(".")
+        if len(parts) != 3 or not parts[0] or not parts[1]:
+            raise ConfigError(f"tracking.registered_model_prefix: {tracking.registered_model_prefix!r}: Unity Catalog "
+                              "(databricks-uc) names models <catalog>.<schema>.<model>; give <catalog>.<schema>. and "
+                              "optionally the start of the name, e.g. main.ecominsight. or main.ml.ecominsight_")
+    if tracking.mlflow_uri.startswith("databricks") and not tracking.experiment.startswith("/"):
+        raise ConfigError(f"tracking.experiment: {tracking.experiment!r}: a Databricks experiment is a workspace path, "
+                          "e.g. /Shared/ecominsight or /Users/<you>/ecominsight")
+    if is_models_uri(score.model) and score.model_version != "latest":
+        raise ConfigError(f"score.model_version={score.model_version}: score.model={score.model} names the version "
+                          "already; leave score.model_version at latest")
 
 
 def _check_ordered(key: str, conditions: Any, names: tuple[str, ...]) -> None:

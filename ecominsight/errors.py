@@ -38,3 +38,8 @@ class PrivacyError(EcominsightError, RuntimeError):
 
 class SessionError(EcominsightError, RuntimeError):
     """No Spark session can be had: a Spark Connect URL that is malformed or where no server answers."""
+
+
+class TrackingError(EcominsightError, RuntimeError):
+    """MLflow (tracking.mlflow_uri) refused or could not be reached, or a registered model does not
+    name a model of the lake."""

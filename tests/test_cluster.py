@@ -1,7 +1,13 @@
 """A real Spark standalone cluster on loopback (a master and two 1-core workers) runs the whole pipeline,
 submitted by ./submit.sh with the packaged environment; training runs as barrier tasks on the executors.
 
-The first run builds build/cluster-env and the env archive (a few minutes); later runs reuse them."""
+The first run builds build/cluster-env and the env archive (a few minutes); later runs reuse them.
+
+The packed environment is large (torch's CUDA build from PyPI: a ~3.6 GB archive, ~6.3 GB unpacked), and
+on one machine every copy Spark makes of it lands on the same disk: the driver's copy and its unpacked
+tree (client mode unpacks --archives on the driver too) and each executor's. All of Spark's scratch
+(spark.local.dir, SPARK_LOCAL_DIRS, the worker dirs) lives under the test's own folders, so the
+fixtures remove it however the processes ended; a run that would not fit on the disk skips first."""
 
 from __future__ import annotations
 
@@ -41,6 +47,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _remove_scratch(*folders: Path) -> None:
+    """Spark's scratch and the unpacked environments (gigabytes each); the logs stay for a post-mortem."""
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_in_own_group(command: list[str], *, timeout: int, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run for a command that starts JVMs and Python workers: on timeout the whole process
+    group is killed, so that no driver outlives the test and slows the rest of the suite."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True, **kwargs) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            raise AssertionError(f"{command[:4]} ran past {timeout} s and was killed:\n{stdout[-4000:]}\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def _master_state(webui_port: int) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{webui_port}/json/", timeout=5) as response:
         return json.load(response)
@@ -62,7 +96,9 @@ def _stop(process: subprocess.Popen) -> None:
 def standalone_cluster(tmp_path_factory):
     """`spark://127.0.0.1:<port>` with two registered workers; stopped (process groups) at the end."""
     root = tmp_path_factory.mktemp("standalone")
-    env = _clean_env(SPARK_HOME=str(SPARK_HOME), SPARK_DAEMON_MEMORY="512m", SPARK_LOG_DIR=str(root / "logs"))
+    # Executors inherit the workers' SPARK_LOCAL_DIRS: fetched files and shuffle data stay in `root`.
+    env = _clean_env(SPARK_HOME=str(SPARK_HOME), SPARK_DAEMON_MEMORY="512m", SPARK_LOG_DIR=str(root / "logs"),
+                     SPARK_LOCAL_DIRS=str(root / "local"))
     spark_class = str(SPARK_HOME / "bin" / "spark-class")
     port, webui = _free_port(), _free_port()
     daemons: list[subprocess.Popen] = []
@@ -96,9 +132,7 @@ def standalone_cluster(tmp_path_factory):
     finally:
         for process in reversed(daemons):
             _stop(process)
-        # The unpacked environments are ~2.5 GB per executor; keep the logs, drop the copies.
-        for env_dir in root.glob("worker*/app-*/*/env"):
-            shutil.rmtree(env_dir, ignore_errors=True)
+        _remove_scratch(root / "local", *root.glob("worker*/app-*/*/env"), *root.glob("worker*/app-*/*/*.tar.gz"))
 
 
 @pytest.fixture(scope="module")
@@ -107,24 +141,35 @@ def cluster_run(standalone_cluster, tmp_path_factory):
     lake, events = root / "lake", root / "events"
     events.mkdir()
     started = time.monotonic()
-    package = subprocess.run([str(REPO / "submit.sh"), "--master", standalone_cluster["url"], "--package"],
-                             capture_output=True, text=True, env=_clean_env(), timeout=1200)
+    package = _run_in_own_group([str(REPO / "submit.sh"), "--master", standalone_cluster["url"], "--package"],
+                                env=_clean_env(), timeout=1200)
     assert package.returncode == 0, package.stderr[-3000:]
     packaged = time.monotonic()
-    result = subprocess.run(
-        [str(REPO / "submit.sh"), "--master", standalone_cluster["url"], "--env", "cluster", "pipeline",
-         "--set", f"lake={lake}", "--set", "run_id=cluster-test",
-         "--set", "train.transformer.epochs=1", "--set", "train.transformer.max_length=32",
-         "--set", "train.gradient_boosted_trees.max_iter=20", "--set", "fuse.max_events=16",
-         # conf/cluster.yaml's 200 shuffle partitions are for real data; 2 executor cores need few.
-         "--set", 'spark.conf={spark.sql.shuffle.partitions: "4"}',
-         "--conf", "spark.executor.memory=1g", "--conf", "spark.eventLog.enabled=true",
-         "--conf", f"spark.eventLog.dir=file://{events}", "--conf", "spark.eventLog.rolling.enabled=false",
-         "--conf", "spark.eventLog.compress=false",
-         # A credential in Spark conf, as users pass one (the run never talks to S3).
-         "--set", f"spark.conf.spark.hadoop.fs.s3a.secret.key={CONF_SECRET}"],
-        capture_output=True, text=True, cwd=root, timeout=900,
-        env=_clean_env(ECOMINSIGHT_PSEUDONYM_KEY=PSEUDONYM_SECRET, DATABRICKS_TOKEN=TOKEN_SECRET))
+    # Copies of the archive: the driver's and two executors'; unpacked trees: the driver's and two.
+    archive = REPO / "build" / "dist" / "ecominsight-env.tar.gz"
+    needed = 3 * archive.stat().st_size + 3 * _tree_bytes(REPO / "build" / "cluster-env") + (2 << 30)
+    if _free_bytes(root) < needed:
+        pytest.skip(f"the cluster run needs about {needed >> 30} GiB free under {root} for the copies of the "
+                    f"{archive.stat().st_size >> 20} MiB environment archive; {_free_bytes(root) >> 30} GiB are")
+    driver_scratch = root / "local"
+    try:
+        result = _run_in_own_group(
+            [str(REPO / "submit.sh"), "--master", standalone_cluster["url"], "--env", "cluster", "pipeline",
+             "--set", f"lake={lake}", "--set", "run_id=cluster-test",
+             "--set", "train.transformer.epochs=1", "--set", "train.transformer.max_length=32",
+             "--set", "train.gradient_boosted_trees.max_iter=20", "--set", "fuse.max_events=16",
+             # conf/cluster.yaml's 200 shuffle partitions are for real data; 2 executor cores need few.
+             "--set", 'spark.conf={spark.sql.shuffle.partitions: "4"}',
+             "--conf", "spark.executor.memory=1g", "--conf", "spark.eventLog.enabled=true",
+             "--conf", f"spark.eventLog.dir=file://{events}", "--conf", "spark.eventLog.rolling.enabled=false",
+             "--conf", "spark.eventLog.compress=false", "--conf", f"spark.local.dir={driver_scratch}",
+             # Both executors share this host: each fetches the archive itself instead of via a shared cache copy.
+             "--conf", "spark.files.useFetchCache=false",
+             # A credential in Spark conf, as users pass one (the run never talks to S3).
+             "--set", f"spark.conf.spark.hadoop.fs.s3a.secret.key={CONF_SECRET}"],
+            cwd=root, timeout=900, env=_clean_env(ECOMINSIGHT_PSEUDONYM_KEY=PSEUDONYM_SECRET, DATABRICKS_TOKEN=TOKEN_SECRET))
+    finally:
+        _remove_scratch(driver_scratch)
     timings = {"package_s": round(packaged - started, 1), "pipeline_s": round(time.monotonic() - packaged, 1)}
     print(f"cluster test timings: {timings}")
     (root / "submit.stdout").write_text(result.stdout, encoding="utf-8")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import importlib.util
+import logging
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +126,76 @@ def test_the_old_horizon_keys_are_unknown(old_key):
     with pytest.raises(ConfigError, match=r"unknown config key 'fuse\.horizon_(days|hours)'; allowed keys at fuse: "
                                           r"cutoff, horizon, label_mode"):
         load_config("local", [old_key])
+
+
+NEEDS_MLFLOW = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None,
+                                  reason="mlflow is not installed (the mlflow extra): a tracking URI is refused first")
+SERVER = "tracking.mlflow_uri=http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["tracking.mlflow_uri=http://me:pa55word@127.0.0.1:5000"], "tracking.mlflow_uri: the URI carries a password"),
+    (["tracking.mlflow_uri=http://[::1"], "tracking.mlflow_uri: 'http://[::1' is not a URI"),
+    (["tracking.champion_alias=latest"], "tracking.champion_alias: 'latest' is not an MLflow alias"),
+    (["tracking.champion_alias=v3"], "tracking.champion_alias: 'v3' is not an MLflow alias"),
+    (["tracking.champion_alias=best one"], "tracking.champion_alias: 'best one' is not an MLflow alias"),
+    (["tracking.registered_model_prefix=a/b"], "tracking.registered_model_prefix: 'a/b' must be letters, digits"),
+    (["tracking.experiment=' '"], "tracking.experiment: must not be empty"),
+    (["tracking.models=x"], "unknown config key 'tracking.models'; allowed keys at tracking: champion_alias, experiment,"),
+    (["score.model=best"], "score.model: 'best' is not one of champion, lr, gbt, transformer, hybrid, nor a registered "
+                           "model models:/<name>@<alias> or models:/<name>/<version>"),
+    (["score.model=models:/shop_lr@champion"], "score.model=models:/shop_lr@champion: a registered model needs "
+                                               "tracking.mlflow_uri"),
+    (["score.model=models:/shop_lr"], "score.model: 'models:/shop_lr' is not a registered model URI"),
+    (["score.model=models:/shop_lr@latest"], "score.model: 'latest' is not an MLflow alias"),
+    pytest.param(["tracking.registry_uri=databricks-uc"], "tracking.registry_uri is set, but mlflow", marks=pytest.mark.skipif(
+        importlib.util.find_spec("mlflow") is not None, reason="mlflow is installed")),
+    pytest.param(["tracking.registry_uri=databricks-uc"], "tracking.registry_uri: set tracking.mlflow_uri too",
+                 marks=NEEDS_MLFLOW),
+    pytest.param(["tracking.mlflow_uri=databricks", "tracking.experiment=/Shared/ecominsight"],
+                 "tracking.registered_model_prefix: 'ecominsight_': Unity Catalog (databricks-uc) names models "
+                 "<catalog>.<schema>.<model>", marks=NEEDS_MLFLOW),
+    pytest.param([SERVER, "tracking.registry_uri=databricks-uc", "tracking.registered_model_prefix=main.x"],
+                 "tracking.registered_model_prefix: 'main.x': Unity Catalog", marks=NEEDS_MLFLOW),
+    pytest.param(["tracking.mlflow_uri=databricks://scope:prefix", "tracking.registered_model_prefix=main.ml."],
+                 "tracking.experiment: 'ecominsight': a Databricks experiment is a workspace path", marks=NEEDS_MLFLOW),
+    pytest.param([SERVER, "score.model=models:/shop_lr/2", "score.model_version=v1"],
+                 "score.model_version=v1: score.model=models:/shop_lr/2 names the version already", marks=NEEDS_MLFLOW),
+])
+def test_bad_tracking_settings_are_rejected_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("local", overrides)
+    assert message in str(err.value)
+
+
+@NEEDS_MLFLOW
+def test_tracking_is_off_by_default_and_takes_a_server_or_databricks_with_unity_catalog():
+    from ecominsight.tracking import uses_unity_catalog
+
+    assert load_config("local").tracking.mlflow_uri is None
+    server = load_config("local", [SERVER, "score.model=models:/ecominsight_gbt/3"])
+    assert server.score.model == "models:/ecominsight_gbt/3" and not uses_unity_catalog(server.tracking)
+    databricks = load_config("databricks", [
+        "tracking.mlflow_uri=databricks", "tracking.experiment=/Shared/ecominsight",
+        "tracking.registered_model_prefix=main.ecominsight.", "score.model=models:/main.ecominsight.transformer@champion"])
+    assert uses_unity_catalog(databricks.tracking) and databricks.tracking.registry_uri is None
+    # The workspace registry (not Unity Catalog) takes any name.
+    legacy = load_config("databricks", ["tracking.mlflow_uri=databricks", "tracking.registry_uri=databricks",
+                                        "tracking.experiment=/Shared/ecominsight"])
+    assert not uses_unity_catalog(legacy.tracking)
+
+
+def test_a_tracking_uri_without_mlflow_fails_before_spark_naming_the_extra(monkeypatch, caplog):
+    from ecominsight.cli import main
+
+    # How Python marks a package that cannot be imported: find_spec answers None, import raises.
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(ConfigError, match=r"tracking.mlflow_uri is set, but mlflow is not installed: "
+                                          r"pip install 'ecominsight\[mlflow\]'"):
+        load_config("local", [SERVER])
+    assert load_config("local").tracking.mlflow_uri is None  # tracking off: no mlflow needed
+    # The command line stops at its config check, before a lake lock or a Spark session.
+    with caplog.at_level(logging.ERROR):
+        assert main("train", ["--set", SERVER, "--set", "lake=/nonexistent/never-created"]) == 2
+    assert "configuration error: tracking.mlflow_uri is set, but mlflow is not installed" in caplog.text
+    assert not Path("/nonexistent/never-created").exists()

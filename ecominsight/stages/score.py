@@ -12,13 +12,14 @@ from pyspark.sql import functions as F
 
 from ecominsight import privacy
 from ecominsight.catalog import CURRENT_SEQUENCES, EXPLANATIONS, USER_SCORES
-from ecominsight.config import Config, ExplainConfig, ScoreConfig
+from ecominsight.config import Config, ExplainConfig, ScoreConfig, TrackingConfig
 from ecominsight.errors import LakeError
 from ecominsight.io import Lake, read_json
 from ecominsight.session import default_parallelism
 from ecominsight.stages.base import StageResult
 from ecominsight.stages.train import GBT_MODEL, LR_MODEL, TRANSFORMER_MODEL
 from ecominsight.storage import StoragePath
+from ecominsight.tracking import is_models_uri, registered_lake_model
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,17 @@ def _scores_of(spark: SparkSession, lake: Lake, table, day: dt.date) -> DataFram
     return lake.read(spark, table).filter(F.col("score_date") == F.lit(day))
 
 
-def scoring_model(lake: Lake, settings: ScoreConfig) -> tuple[str, str]:
+def scoring_model(lake: Lake, settings: ScoreConfig, tracking: TrackingConfig) -> tuple[str, str]:
     """(model name, version) that scores the users: `score.model=champion` takes models/CHAMPION (a lake
     trained before champions: the transformer's LATEST); `score.model_version` other than `latest`
-    picks a version of that model."""
+    picks a version of that model; `models:/<name>@<alias>` the lake model that registered version
+    names, asked of `tracking`'s registry."""
     from ecominsight.models import registry
 
     name = settings.model
+    if is_models_uri(name):
+        name, version = registered_lake_model(tracking, settings.model, lake_root=str(lake.root))
+        return name, registry.resolve_version(lake, name, version)
     if name == "champion":
         champion = registry.resolve_champion(lake)
         if champion is None:
@@ -99,7 +104,7 @@ def run_score(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> S
     )
 
     settings = config.score
-    name, version = scoring_model(lake, settings)
+    name, version = scoring_model(lake, settings, config.tracking)
     # The baseline of the same training run where it exists, else the newest one.
     lr_version = _same_run_or_latest(lake, LR_MODEL, version)
     transformer_dir = lake.model_dir(TRANSFORMER_MODEL, _same_run_or_latest(lake, TRANSFORMER_MODEL, version))

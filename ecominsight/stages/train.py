@@ -1,5 +1,6 @@
 """train: features/user_sequences -> models/{lr,gbt,transformer,hybrid}/<version>/ (+ LATEST pointers) and
-models/CHAMPION (the model with the best validation ROC-AUC, or the one `train.champion` forces)."""
+models/CHAMPION (the model with the best validation ROC-AUC, or the one `train.champion` forces); with
+tracking.mlflow_uri set, an MLflow run and registered version per model (ecominsight.tracking)."""
 
 from __future__ import annotations
 
@@ -238,10 +239,16 @@ def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> T
     for name in metrics:
         lineage_file = lake.model_dir(name, version) / "lineage.json"
         write_json(lineage_file, {**read_json(lineage_file), "champion": record})
+    result = TrainResult(version=version, metrics=metrics, champion=record,
+                         model_dirs={name: lake.model_dir(name, version).uri for name in metrics})
+    if config.tracking.mlflow_uri:
+        # Before anything is published: a run whose tracking fails moves none of the lake's pointers.
+        from ecominsight import tracking
+
+        tracking.log_training(config.tracking, report=result.to_dict(), lake_root=str(lake.root), lineages={
+            name: read_json(lake.model_dir(name, version) / "lineage.json") for name in metrics})
     for name in metrics:
         registry.publish(lake, name, version)
     registry.publish_champion(lake, record["model"], version, reason=record["reason"])
-    result = TrainResult(version=version, metrics=metrics, champion=record,
-                         model_dirs={name: lake.model_dir(name, version).uri for name in metrics})
     result.write(lake, run_id, "train")
     return result
