@@ -46,8 +46,7 @@ def check_table_location(lake_uri: str, catalog: str | None) -> None:
     parts = urlsplit(lake_uri)
     if parts.scheme.lower() in ("", "file", "dbfs") and (parts.path + "/").startswith(_VOLUME_ROOT):
         raise ConfigError(f"warehouse.catalog={catalog}: the lake {lake_uri} is in a Unity Catalog volume, where "
-                          "tables cannot live; put the lake on an external location (s3://, abfss://, gs://) "
-                          "or leave warehouse.catalog unset")
+                          "tables cannot live; put the lake on an external location (s3://, abfss://, gs://)")
 
 
 def qualified_name(catalog: str | None, schema: str, table: Table) -> str:
