@@ -329,7 +329,8 @@ class Lake:
                 writer = df.write
             # A fresh folder: a plain write, committed by the session's committer (the S3A committers
             # on s3a://); no overwrite, so no dynamic partition overwrite, which those refuse.
-            writer.mode("errorifexists").parquet(folder.uri)
+            # "error" (= errorifexists), the spelling Spark Connect's client also accepts.
+            writer.mode("error").parquet(folder.uri)
         except Exception as err:
             # No partial output: the unfinished version goes, and so does the folder of a table that was
             # never published (a first write that failed).
@@ -426,7 +427,7 @@ class Lake:
                   for version, parts in sorted(by_version.items())]
         if not frames:
             return spark.createDataFrame([], schema)
-        return functools.reduce(DataFrame.unionByName, frames)
+        return functools.reduce(lambda left, right: left.unionByName(right), frames)
 
     def read_arrow(self, table: Table, *, columns: list[str] | None = None) -> "pyarrow.Table":
         """A lake table's current version read without Spark (pyarrow over the lake's filesystem)."""
