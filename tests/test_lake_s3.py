@@ -3,7 +3,7 @@
 all against the loopback S3 server (moto, tests/s3_server.py). TorchDistributor's two gloo ranks and the
 predict_batch_udf workers read and write the bucket through s3fs there, Spark through S3A and its
 committers. The same pipeline on a local lake must give the same tables with the same row counts; the
-bucket must hold nothing outside the lake's documented layout (README, "Lake layout").
+bucket must hold nothing outside the lake's documented layout (README, "What runs"; io.Lake).
 
 The child processes exist because the cloud jars must be on the JVM's classpath when it starts (see
 tests/test_storage.py); the local run uses the suite's session. Skips, saying why, without moto or the
