@@ -314,11 +314,17 @@ class InsightsConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
 
 
+_SQL_NAME = rule(pattern=("_*[A-Za-z0-9][A-Za-z0-9_]*", "letters, digits and underscores"))
+
+
 @dataclass(frozen=True)
 class WarehouseConfig:
-    # The metastore database the `register` stage creates tables in; spliced into SQL identifiers.
-    database: str = field(default="ecominsight", metadata=rule(
-        pattern=("_*[A-Za-z0-9][A-Za-z0-9_]*", "letters, digits and underscores")))
+    # The catalog of the registered tables (Unity Catalog: `main`, `dev`, ...); spliced into SQL
+    # identifiers. None: the session's current catalog (the Hive metastore's spark_catalog, or what
+    # Databricks made the default).
+    catalog: str | None = field(default=None, metadata=_SQL_NAME)
+    # The schema (database) the `register` stage creates tables in; spliced into SQL identifiers.
+    schema: str = field(default="ecominsight", metadata=_SQL_NAME)
     # A directory: start Spark with Hive support and an embedded Derby metastore kept there (a
     # single-machine warehouse). None: use the session's own catalog (a cluster's hive-site.xml,
     # Databricks' Unity Catalog / Hive metastore).
@@ -506,6 +512,19 @@ def _validate_insights(insights: InsightsConfig) -> None:
         raise ConfigError(f"insights.price_bands: expected [low_max, mid_max] with 0 <= low_max < mid_max, got {price_bands}")
 
 
+def _renamed_keys(layers: dict[str, Any]) -> dict[str, Any]:
+    """`layers` (an env file and the overrides) with keys that were renamed moved to their new names,
+    with a warning: `warehouse.database` is `warehouse.schema` since the catalog setting came."""
+    warehouse = layers.get("warehouse")
+    if isinstance(warehouse, Mapping) and "database" in warehouse:
+        if "schema" in warehouse:
+            raise ConfigError("warehouse.database is the old name of warehouse.schema; give only warehouse.schema")
+        log.warning("warehouse.database is deprecated: it is now warehouse.schema (the catalog is warehouse.catalog)")
+        moved = {("schema" if key == "database" else key): value for key, value in warehouse.items()}
+        return {**layers, "warehouse": moved}
+    return layers
+
+
 def load_config(
     env: str = "local",
     overrides: list[str] | None = None,
@@ -520,7 +539,7 @@ def load_config(
     if not env_path.is_file():
         envs = sorted(p.stem for p in directory.glob("*.yaml") if p.stem != "base")
         raise ConfigError(f"unknown env {env!r}: no {env_path}; available envs: {', '.join(envs)}")
-    layers = deep_merge(_read_yaml(env_path), parse_overrides(overrides or []))
+    layers = _renamed_keys(deep_merge(_read_yaml(env_path), parse_overrides(overrides or [])))
     merged = deep_merge(_read_yaml(base_path), layers)
     merged["env"] = env
     config = build(Config, merged)

@@ -50,7 +50,8 @@ def test_override_values_are_parsed_as_yaml_scalars():
     ("fuse.valid_fraction=0.9", "must each lie in (0, 1) and sum to less than 1"),
     ("noequals", "is not of the form key.path=value"),
     ("run_id=../../etc", "run_id: '../../etc' must be letters, digits"),
-    ("warehouse.database=x;DROP", "warehouse.database: 'x;DROP' must be letters, digits and underscores"),
+    ("warehouse.schema=x;DROP", "warehouse.schema: 'x;DROP' must be letters, digits and underscores"),
+    ("warehouse.catalog=main`.x", "warehouse.catalog: 'main`.x' must be letters, digits and underscores"),
     ("fuse.review_max_words=0", "fuse.review_max_words: must be positive"),
     ("train.transformer.max_train_users=0", "train.transformer.max_train_users: must be a positive integer or null"),
     ("train.transformer.max_train_users=1.5", "train.transformer.max_train_users: expected an integer"),
@@ -199,3 +200,14 @@ def test_a_tracking_uri_without_mlflow_fails_before_spark_naming_the_extra(monke
         assert main("train", ["--set", SERVER, "--set", "lake=/nonexistent/never-created"]) == 2
     assert "configuration error: tracking.mlflow_uri is set, but mlflow is not installed" in caplog.text
     assert not Path("/nonexistent/never-created").exists()
+
+
+def test_the_warehouse_catalog_and_schema_and_the_old_name_of_the_schema(caplog):
+    assert (load_config("local").warehouse.catalog, load_config("local").warehouse.schema) == (None, "ecominsight")
+    warehouse = load_config("local", ["warehouse.catalog=main", "warehouse.schema=growth"]).warehouse
+    assert (warehouse.catalog, warehouse.schema) == ("main", "growth")
+    with caplog.at_level(logging.WARNING, logger="ecominsight.config"):
+        assert load_config("local", ["warehouse.database=legacy"]).warehouse.schema == "legacy"
+    assert "warehouse.database is deprecated: it is now warehouse.schema" in caplog.text
+    with pytest.raises(ConfigError, match="give only warehouse.schema"):
+        load_config("local", ["warehouse.database=a", "warehouse.schema=b"])

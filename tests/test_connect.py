@@ -222,7 +222,7 @@ def test_register_through_spark_connect_fills_the_servers_metastore(connect_run,
     session sees the tables in the server's Hive metastore."""
     lake_root, run_id, _ = connect_run
     registered = read_json(lake_root / "reports" / run_id / "register.json")
-    assert registered["catalog"] == "hive" and "scores_user_scores" in registered["tables"]
+    assert registered["metastore"] == "hive" and "scores_user_scores" in registered["tables"]
     seen, _ = run_client(connect_server,
                       "names = [t.name for t in spark.catalog.listTables('ecominsight')]",
                       "users = spark.table('ecominsight.scores_user_scores').count()",

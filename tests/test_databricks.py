@@ -27,13 +27,17 @@ import yaml
 from ecominsight.cli import _parser
 from ecominsight.config import load_config
 from ecominsight.redaction import SECRET_NAME
+from ecominsight.stages.register import check_table_location
 
 REPO = Path(__file__).resolve().parent.parent
 STAGE_ORDER = ["clean", "fuse", "train", "score", "insights", "register"]
 CLASSIC, SERVERLESS = "ecominsight_daily", "ecominsight_daily_serverless"
 # What a deployer passes for prod (`--var` or BUNDLE_VAR_*): the variables without a value there.
-PROD_GIVEN = {"catalog": "main", "lake": "/Volumes/main/ecominsight/lake", "failure_email": "oncall@example.com",
+PROD_GIVEN = {"catalog": "main", "lake": "s3://acme-lake/ecominsight", "failure_email": "oncall@example.com",
               "service_principal": "6a2b1f0e-2c4d-4b7e-9f1a-3d5c7e9b1a20"}
+# dev gives every variable but the lake: a bucket of the deployer's own.
+DEV_GIVEN = {"lake": "s3://acme-lake-dev/ecominsight"}
+GIVEN = {"dev": DEV_GIVEN, "prod": PROD_GIVEN}
 CURRENT_USER = "someone@example.com"
 VARIABLE = re.compile(r"\$\{var\.(\w+)\}")
 SECRET_REFERENCE = re.compile(r"\{\{secrets/([^/{}]+)/([^/{}]+)\}\}")
@@ -141,7 +145,7 @@ def test_the_wheel_the_tasks_install_is_the_one_the_artifact_builds():
 def test_job_matches_the_bundle_schema(target, job_name):
     from databricks.bundles.jobs import Job
 
-    job = resolved(target, PROD_GIVEN if target == "prod" else None)["jobs"][job_name]
+    job = resolved(target, GIVEN[target])["jobs"][job_name]
     assert not VARIABLE.search(yaml.safe_dump(job)), "a variable is left without a value"
     typed = Job.from_dict(job)  # raises on an unknown field or a value of the wrong type
     assert typed.as_dict()["max_concurrent_runs"] == 1
@@ -150,7 +154,7 @@ def test_job_matches_the_bundle_schema(target, job_name):
 def test_the_schema_check_rejects_an_unknown_field():
     from databricks.bundles.jobs import Job
 
-    job = resolved("dev")["jobs"][CLASSIC]
+    job = resolved("dev", DEV_GIVEN)["jobs"][CLASSIC]
     with pytest.raises(ValueError, match="Unexpected field"):
         Job.from_dict({**job, "shedule": job["schedule"]})
 
@@ -169,6 +173,10 @@ def test_prod_satisfies_production_mode():
     assert "run_as" not in BUNDLE["targets"]["dev"]
 
 
+def test_dev_needs_only_the_lake():
+    assert set(BUNDLE["variables"]) - set(variable_values("dev")) == set(DEV_GIVEN)
+
+
 def test_prod_leaves_no_variable_it_needs_empty():
     # Without the deployer's values, exactly these have none, so the CLI refuses to deploy prod.
     values = variable_values("prod")
@@ -184,13 +192,13 @@ def test_prod_leaves_no_variable_it_needs_empty():
 @pytest.mark.parametrize("job_name", [CLASSIC, SERVERLESS])
 def test_failures_are_mailed(job_name):
     for target, expected in (("dev", CURRENT_USER), ("prod", PROD_GIVEN["failure_email"])):
-        job = resolved(target, PROD_GIVEN if target == "prod" else None)["jobs"][job_name]
+        job = resolved(target, GIVEN[target])["jobs"][job_name]
         assert job["email_notifications"]["on_failure"] == [expected]
 
 
 def test_at_most_one_job_runs_on_schedule():
     for target in BUNDLE["targets"]:
-        jobs = resolved(target, PROD_GIVEN if target == "prod" else None)["jobs"].values()
+        jobs = resolved(target, GIVEN[target])["jobs"].values()
         assert [job["schedule"]["pause_status"] for job in jobs].count("UNPAUSED") <= 1
         assert all(job["max_concurrent_runs"] == 1 and job["queue"] == {"enabled": True} for job in jobs)
 
@@ -268,7 +276,7 @@ def test_pseudonym_key_comes_from_the_secret_scope_and_no_secret_is_literal():
         env = clusters[tasks_of(job)[stage]["job_cluster_key"]]["spark_env_vars"]
         assert env["ECOMINSIGHT_PSEUDONYM_KEY"] == reference
     for target in BUNDLE["targets"]:
-        settings = _secret_named_settings(resolved(target, PROD_GIVEN if target == "prod" else None)["jobs"])
+        settings = _secret_named_settings(resolved(target, GIVEN[target])["jobs"])
         assert settings, "the check must see the pseudonym key"
         assert all(isinstance(value, str) and SECRET_REFERENCE.fullmatch(value) for _, value in settings), settings
         overrides = [value.split("=", 1)[0] for job in RAW_JOBS.values() for task in job["tasks"]
@@ -302,6 +310,12 @@ def test_each_task_passes_valid_config(job_name, stage):
     assert args.env == "databricks"
     config = load_config(args.env, args.overrides)  # raises ConfigError on a bad key or value
     assert config.lake == PROD_GIVEN["lake"]
+    if stage == "register":
+        # The job's last task: the tables follow every run's new versions, in the bundle's catalog and schema,
+        # over a lake that Unity Catalog accepts as a table location.
+        assert tasks_of(job)["register"]["depends_on"] == [{"task_key": "insights"}]
+        assert (config.warehouse.catalog, config.warehouse.schema) == (PROD_GIVEN["catalog"], variable_values("prod")["schema"])
+        check_table_location(config.lake_path, config.warehouse.catalog)
     if stage == "train":
         transformer = config.train.transformer
         assert (transformer.use_gpu, transformer.local_mode) == ((True, False) if job_name == CLASSIC else (False, True))

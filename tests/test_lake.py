@@ -246,7 +246,7 @@ def test_register_follows_the_current_version_in_the_sessions_catalog(spark, tmp
     from ecominsight.stages.register import run_register
 
     lake = Lake(tmp_path / "lake", retain_versions_minutes=60)
-    config = load_config("local", [f"lake={lake.root}", "warehouse.database=lake_test", "warehouse.zones=[scores]"])
+    config = load_config("local", [f"lake={lake.root}", "warehouse.schema=lake_test", "warehouse.zones=[scores]"])
     events = spark.range(20).select("id", F.lit("v1").alias("tag"),
                                     F.expr("date_add(date'2024-01-01', cast(id % 2 as int))").alias("day"))
     lake.write(events, BY_DAY)

@@ -96,17 +96,18 @@ def test_scoring_layout_and_deciles(spark):
 
 def test_warehouse_ddl_points_the_external_table_at_the_current_version():
     profiles = catalog.table("insights", "user_profiles")
-    assert table_ddl("shop", profiles, {"": "file:///lake/insights/user_profiles/v-1"}) == [
-        "DROP TABLE IF EXISTS `shop`.`insights_user_profiles`",
-        "CREATE TABLE `shop`.`insights_user_profiles` USING parquet LOCATION 'file:///lake/insights/user_profiles/v-1'",
-    ]
     schema = T.StructType([T.StructField("user_id", T.StringType()), T.StructField("score_date", T.DateType())])
+    assert table_ddl("`shop`.`insights_user_profiles`", profiles, {"": "file:///lake/insights/user_profiles/v-1"},
+                     schema=schema, root="file:///lake/insights/user_profiles") == [
+        "CREATE TABLE IF NOT EXISTS `shop`.`insights_user_profiles` (`user_id` string, `score_date` date) USING parquet "
+        "LOCATION 'file:///lake/insights/user_profiles/v-1'",
+        "ALTER TABLE `shop`.`insights_user_profiles` SET LOCATION 'file:///lake/insights/user_profiles/v-1'",
+    ]
     root = "s3a://b/lake/scores/user_scores"
     locations = {"score_date=2024-01-01": f"{root}/v-1/score_date=2024-01-01",
                  "score_date=2024-01-02": f"{root}/v-2/score_date=2024-01-02"}
-    assert table_ddl("shop", USER_SCORES, locations, schema=schema, root=root) == [
-        "DROP TABLE IF EXISTS `shop`.`scores_user_scores`",
-        "CREATE TABLE `shop`.`scores_user_scores` (`user_id` string, `score_date` date) USING parquet "
+    assert table_ddl("`shop`.`scores_user_scores`", USER_SCORES, locations, schema=schema, root=root) == [
+        "CREATE TABLE IF NOT EXISTS `shop`.`scores_user_scores` (`user_id` string, `score_date` date) USING parquet "
         f"PARTITIONED BY (`score_date`) LOCATION '{root}'",
         "ALTER TABLE `shop`.`scores_user_scores` ADD IF NOT EXISTS "
         f"PARTITION (`score_date` = '2024-01-01') LOCATION '{root}/v-1/score_date=2024-01-01' "

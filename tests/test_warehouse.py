@@ -1,7 +1,10 @@
 """The warehouse: `register` puts every lake table of a real pipeline run into a Hive metastore that
-outlives the session; the example queries of docs/warehouse.md give the same answers in Spark SQL
-(through that metastore, in a fresh process) and in DuckDB (over the files); and a query for one
-`score_date` reads only that partition."""
+outlives the session, and moves them in place after a later write (a comment and a property set on
+them in between survive); the example queries of docs/warehouse.md give the same answers in Spark SQL
+(through that metastore, in a fresh process) and in DuckDB (over the files); a query for one
+`score_date` reads only that partition. The DDL for a catalog (Unity Catalog's three-level names) and
+the refusal of a lake in a volume are checked as text, and run in Spark's in-memory catalog under
+its one catalog name, `spark_catalog`."""
 
 from __future__ import annotations
 
@@ -18,10 +21,13 @@ import duckdb
 import pytest
 
 from ecominsight import catalog
-from ecominsight.catalog import USER_SCORES
+from ecominsight.catalog import USER_SCORES, Table
 from ecominsight.config import load_config
+from ecominsight.errors import ConfigError, LakeError
 from ecominsight.io import Lake, read_json
 from ecominsight.stages import run_score
+from ecominsight.stages.register import (added_columns, check_table_location, qualified_name, run_register,
+                                         schema_ddl, table_ddl)
 
 REGISTERED_ZONES = ("scores", "insights")  # the default warehouse.zones
 
@@ -29,6 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "warehouse.md"
 PAST_DAY = "2011-11-01"
 PRUNED_QUERY = f"SELECT COUNT(*) AS users FROM ecominsight.scores_user_scores WHERE score_date = DATE'{PAST_DAY}'"
+# What an analyst sets on registered tables between two runs of register; it must survive the second.
+ANNOTATED = {"scores_user_scores": "Daily purchase propensity per user", "insights_user_profiles": "One row per scored user"}
 
 
 def documented_queries() -> dict[str, str]:
@@ -62,7 +70,33 @@ def query_in_fresh_session(metastore: str, queries_file: str, out_file: str) -> 
                                           if scan.metrics().contains("numPartitions")]
         result["partitions"] = [r[0] for r in spark.sql("SHOW PARTITIONS ecominsight.scores_user_scores").collect()]
         result["tables"] = sorted(r["tableName"] for r in spark.sql("SHOW TABLES IN ecominsight").collect())
+        result["described"] = {name: {r[0]: r[1] for r in spark.sql(f"DESCRIBE TABLE EXTENDED ecominsight.{name}").collect()
+                                      if r[0] in ("Comment", "Table Properties")} for name in ANNOTATED}
     Path(out_file).write_text(json.dumps(result))
+
+
+def annotate_in_fresh_session(metastore: str) -> None:
+    """Run in a new Python process: what a data steward does to registered tables (a comment, a property)."""
+    from ecominsight.session import spark_session
+
+    with spark_session("warehouse-annotate", "local[1]", {"spark.ui.enabled": "false"}, embedded_metastore=metastore) as spark:
+        for name, comment in ANNOTATED.items():
+            spark.sql(f"COMMENT ON TABLE ecominsight.{name} IS '{comment}'")
+            spark.sql(f"ALTER TABLE ecominsight.{name} SET TBLPROPERTIES ('steward' = 'growth-team')")
+
+
+def _register(lake: Lake, metastore: Path, run_id: str, *overrides: str) -> None:
+    sets = [arg for value in (f"lake={lake.root}", f"run_id={run_id}", f"warehouse.embedded_metastore={metastore}",
+                              *overrides) for arg in ("--set", value)]
+    register = subprocess.run([sys.executable, "-m", "ecominsight", "register", *sets],
+                              capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert register.returncode == 0, register.stderr[-3000:]
+
+
+def _in_fresh_process(function: str, *args: str) -> None:
+    run = subprocess.run([sys.executable, "-c", f"import sys; from tests.test_warehouse import {function} as f; f(*sys.argv[1:])",
+                          *args], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -71,24 +105,18 @@ def warehouse(pipeline_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("warehouse")
     copy = Lake(root / "lake")
     shutil.copytree(lake.root.path, copy.root.path, ignore=shutil.ignore_patterns("checkpoints", "_staging"))
+    metastore = root / "metastore"
+    _register(copy, metastore, "warehouse-first")
+    _in_fresh_process("annotate_in_fresh_session", str(metastore))
     # A second, earlier score day, so that the queries have two days and the pruning test a partition
     # to skip; it is a new version of the table, which the other day's partition does not move to.
     # (Its features are as of the data's end: fine for exercising SQL, not for judging a model.)
     run_score(spark, load_config("local", [f"lake={copy.root}", f"score.score_date={PAST_DAY}"]), copy, "warehouse-past")
-    register = subprocess.run(
-        [sys.executable, "-m", "ecominsight", "register", "--set", f"lake={copy.root}", "--set", "run_id=warehouse",
-         "--set", f"warehouse.embedded_metastore={root / 'metastore'}"],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
-    )
-    assert register.returncode == 0, register.stderr[-3000:]
+    # The second register names the catalog: the same tables, as `spark_catalog`.`ecominsight`.`…`.
+    _register(copy, metastore, "warehouse", "warehouse.catalog=spark_catalog")
     queries_file, out_file = root / "queries.json", root / "spark_results.json"
     queries_file.write_text(json.dumps(documented_queries()))
-    run = subprocess.run(
-        [sys.executable, "-c", "import sys; from tests.test_warehouse import query_in_fresh_session as q; q(*sys.argv[1:])",
-         str(root / "metastore"), str(queries_file), str(out_file)],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    _in_fresh_process("query_in_fresh_session", str(metastore), str(queries_file), str(out_file))
     return copy, read_json(copy.report_dir("warehouse") / "register.json"), json.loads(out_file.read_text()), summary
 
 
@@ -110,7 +138,8 @@ def test_register_puts_every_lake_table_in_the_metastore(warehouse):
     assert not {name for name in spark_results["tables"] if name.startswith(("clean_", "features_", "quarantine_"))}
     # Seen from a new process through the metastore alone: the tables outlive the registering session.
     assert set(spark_results["tables"]) == set(report["tables"]) == expected
-    assert report["catalog"] == "hive"
+    assert (report["metastore"], report["catalog"], report["schema"]) == ("hive", "spark_catalog", "ecominsight")
+    assert report["tables"]["scores_user_scores"]["name"] == "spark_catalog.ecominsight.scores_user_scores"
     assert report["tables"]["scores_user_scores"]["partitioned_by"] == ["score_date"]
     assert report["tables"]["insights_user_profiles"]["partitioned_by"] == []
     # Each registered table is the lake's current version: an unpartitioned one's LOCATION is the
@@ -151,3 +180,130 @@ def test_a_query_for_one_score_date_reads_only_that_partition(warehouse):
     assert len(spark_results["partitions"]) >= 2 and f"score_date={PAST_DAY}" in spark_results["partitions"]
     assert spark_results["pruned_rows"] == summary["score"].users_scored
     assert spark_results["scan_partitions_read"] == [1]
+
+
+def test_a_second_register_moves_the_tables_in_place_keeping_comments_and_properties(warehouse):
+    """Between the two registers a steward commented the tables and a score run published a new day:
+    the second register (no DROP) kept the comment and the property, and the new day is queried."""
+    lake, report, spark_results, _ = warehouse
+    for name, comment in ANNOTATED.items():
+        assert spark_results["described"][name]["Comment"] == comment
+        assert "steward=growth-team" in spark_results["described"][name]["Table Properties"]
+    assert f"score_date={PAST_DAY}" in spark_results["partitions"]
+    assert report["tables"]["scores_user_scores"]["version"] == lake.version(USER_SCORES)
+
+
+# --- The DDL as text, and register in Spark's in-memory catalog (the suite's session) ---------------
+
+PROBE = Table("scores", "probe", ("day",))
+PLAIN = Table("insights", "plain_probe")
+
+
+def test_names_are_three_level_with_a_catalog_and_quoted():
+    assert qualified_name("main", "ecominsight", USER_SCORES) == "`main`.`ecominsight`.`scores_user_scores`"
+    assert qualified_name(None, "ecominsight", USER_SCORES) == "`ecominsight`.`scores_user_scores`"
+    assert schema_ddl("main", "ecominsight") == "CREATE SCHEMA IF NOT EXISTS `main`.`ecominsight`"
+    assert schema_ddl(None, "ecominsight") == "CREATE SCHEMA IF NOT EXISTS `ecominsight`"
+
+
+def test_the_ddl_creates_or_moves_in_place_and_never_drops_a_table():
+    from pyspark.sql import types as T
+
+    schema = T.StructType([T.StructField("user_id", T.StringType()), T.StructField("day", T.DateType())])
+    name = qualified_name("main", "ecominsight", PROBE)
+    root = "s3://acme-lake/ecominsight/scores/probe/"
+    locations = {"day=2024-01-02": root + "v-2/day=2024-01-02", "day=2024-01-03": root + "v-2/day=2024-01-03"}
+    first = table_ddl(name, PROBE, locations, schema=schema, root=root, unity_catalog=True)
+    assert first == [
+        f"CREATE TABLE IF NOT EXISTS {name} (`user_id` string, `day` date) USING parquet PARTITIONED BY (`day`) "
+        f"TBLPROPERTIES ('partitionMetadataEnabled' = 'true') LOCATION '{root}'",
+        f"ALTER TABLE {name} ADD IF NOT EXISTS PARTITION (`day` = '2024-01-02') LOCATION '{root}v-2/day=2024-01-02' "
+        f"PARTITION (`day` = '2024-01-03') LOCATION '{root}v-2/day=2024-01-03'"]
+    # Registered before with days 01 and 02: 01 is gone from the lake, 02 moves, 03 is new.
+    again = table_ddl(name, PROBE, locations, schema=schema, root=root,
+                      registered_partitions=frozenset({"day=2024-01-01", "day=2024-01-02"}))
+    assert again[1:] == [
+        f"ALTER TABLE {name} DROP IF EXISTS PARTITION (`day` = '2024-01-01')",
+        f"ALTER TABLE {name} ADD IF NOT EXISTS PARTITION (`day` = '2024-01-03') LOCATION '{root}v-2/day=2024-01-03'",
+        f"ALTER TABLE {name} PARTITION (`day` = '2024-01-02') SET LOCATION '{root}v-2/day=2024-01-02'"]
+    assert "TBLPROPERTIES" not in again[0]  # the partition log is Unity Catalog's
+    plain = qualified_name("main", "ecominsight", PLAIN)
+    assert table_ddl(plain, PLAIN, {"": "s3://acme-lake/ecominsight/insights/plain_probe/v-9"}, schema=schema, root="") == [
+        f"CREATE TABLE IF NOT EXISTS {plain} (`user_id` string, `day` date) USING parquet "
+        "LOCATION 's3://acme-lake/ecominsight/insights/plain_probe/v-9'",
+        f"ALTER TABLE {plain} SET LOCATION 's3://acme-lake/ecominsight/insights/plain_probe/v-9'"]
+    assert not [s for s in first + again if s.startswith(("DROP TABLE", "CREATE OR REPLACE"))]
+
+
+def test_columns_the_lake_gained_are_added_and_changed_ones_refused():
+    from pyspark.sql import types as T
+
+    schema = T.StructType([T.StructField("user_id", T.StringType()), T.StructField("probability", T.DoubleType()),
+                           T.StructField("model_name", T.StringType())])
+    added = added_columns([("user_id", "string"), ("probability", "double")], schema, PLAIN)
+    assert [field.name for field in added.fields] == ["model_name"]
+    with pytest.raises(LakeError, match=r"plain_probe no longer matches the lake's \(probability float -> double\); drop it"):
+        added_columns([("user_id", "string"), ("probability", "float")], schema, PLAIN)
+    with pytest.raises(LakeError, match=r"\(segment string -> removed\)"):
+        added_columns([("user_id", "string"), ("segment", "string")], schema, PLAIN)
+
+
+@pytest.mark.parametrize("lake", ["/Volumes/main/ecominsight/lake", "dbfs:/Volumes/main/ecominsight/lake",
+                                  "file:///Volumes/main/ecominsight/lake", "/Volumes/main/ecominsight/lake/"])
+def test_a_lake_in_a_volume_is_refused_for_a_catalog(lake):
+    with pytest.raises(ConfigError) as err:
+        check_table_location(lake, "main")
+    message = str(err.value)
+    assert "\n" not in message and "is in a Unity Catalog volume, where tables cannot live" in message
+    assert "external location (s3://, abfss://, gs://)" in message
+    check_table_location(lake, None)  # the session's catalog decides itself
+
+
+@pytest.mark.parametrize("lake", ["s3://acme-lake/ecominsight", "abfss://lake@acme.dfs.core.windows.net/ecominsight",
+                                  "gs://acme-lake/ecominsight", "/data/Volumes/lake", "dbfs:/mnt/lake"])
+def test_a_lake_on_an_external_location_is_accepted_for_a_catalog(lake):
+    check_table_location(lake, "main")
+
+
+def test_register_refuses_a_volume_lake_before_any_ddl(spark, tmp_path):
+    config = load_config("local", ["lake=/Volumes/main/ecominsight/lake", "warehouse.catalog=spark_catalog",
+                                   "warehouse.schema=never_made"])
+    with pytest.raises(ConfigError, match="Unity Catalog volume"):
+        run_register(spark, config, Lake(tmp_path / "lake"), "refused")
+    assert not spark.catalog.databaseExists("spark_catalog.never_made")
+
+
+def test_register_in_place_in_the_sessions_catalog_keeps_comments_and_follows_new_versions(spark, tmp_path):
+    """Spark's in-memory catalog, named as a catalog (`spark_catalog`): register, comment, write new
+    versions (a day moves, a column is added), register again: the same tables with their comments,
+    over the new data."""
+    from pyspark.sql import functions as F
+
+    lake = Lake(tmp_path / "lake", retain_versions_minutes=60)
+    config = load_config("local", [f"lake={lake.root}", "warehouse.catalog=spark_catalog", "warehouse.schema=uc_probe",
+                                   "warehouse.zones=[scores,insights]"])
+    rows = spark.range(20).select(F.col("id").cast("string").alias("user_id"), F.lit("v1").alias("tag"),
+                                  F.expr("date_add(date'2024-01-01', cast(id % 2 as int))").alias("day"))
+    lake.write(rows, PROBE)
+    lake.write(rows.drop("day"), PLAIN)
+    first = run_register(spark, config, lake, "uc-1")
+    assert first.tables["scores_probe"]["name"] == "spark_catalog.uc_probe.scores_probe"
+    for name in ("scores_probe", "insights_plain_probe"):
+        spark.sql(f"COMMENT ON TABLE spark_catalog.uc_probe.{name} IS 'kept: {name}'")
+        spark.sql(f"ALTER TABLE spark_catalog.uc_probe.{name} SET TBLPROPERTIES ('steward' = 'growth-team')")
+
+    lake.write(rows.where("day = date'2024-01-02'").withColumn("tag", F.lit("v2")), PROBE)
+    lake.write(rows.drop("day").withColumn("tag", F.lit("v2")).withColumn("extra", F.lit(1.5)), PLAIN)
+    run_register(spark, config, lake, "uc-2")
+
+    by_day = spark.table("spark_catalog.uc_probe.scores_probe").groupBy("day", "tag").count().collect()
+    assert {(str(r["day"]), r["tag"]): r["count"] for r in by_day} == {("2024-01-01", "v1"): 10, ("2024-01-02", "v2"): 10}
+    plain = spark.table("spark_catalog.uc_probe.insights_plain_probe")
+    assert plain.columns == ["user_id", "tag", "extra"]
+    assert {(r["tag"], r["extra"]) for r in plain.collect()} == {("v2", 1.5)}
+    for name in ("scores_probe", "insights_plain_probe"):
+        described = {r[0]: r[1] for r in spark.sql(f"DESCRIBE TABLE EXTENDED spark_catalog.uc_probe.{name}").collect()}
+        assert described["Comment"] == f"kept: {name}" and "steward=growth-team" in described["Table Properties"]
+    assert "partitionMetadataEnabled=true" in {r[0]: r[1] for r in spark.sql(
+        "DESCRIBE TABLE EXTENDED spark_catalog.uc_probe.scores_probe").collect()}["Table Properties"]
+    spark.sql("DROP DATABASE spark_catalog.uc_probe CASCADE")

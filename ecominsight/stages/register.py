@@ -1,21 +1,24 @@
-"""register: every lake table of `warehouse.zones` -> an external Parquet table `<database>.<zone>_<table>`
-in the session's metastore over the table's current version (as its manifest names it), so that a
-warehouse (Spark SQL, Databricks SQL, Hive) queries it. Re-run after each write: the pipeline's
-stages publish new versions, and `register` moves the tables to them."""
+"""register: every lake table of `warehouse.zones` -> an external Parquet table
+`[<catalog>.]<schema>.<zone>_<table>` in the session's metastore (Hive metastore, Unity Catalog) over
+the table's current version (as its manifest names it), so that a warehouse (Spark SQL, Databricks
+SQL, Hive) queries it. Re-run after each write: the pipeline's stages publish new versions, and
+`register` moves the tables to them in place (ALTER TABLE ... SET LOCATION; never DROP TABLE, so grants
+and comments stay). Spark's session catalog has no CREATE OR REPLACE for such tables (REPLACE TABLE is
+for v2 catalogs), and a replace would reset the comments and properties anyway."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
 from ecominsight.catalog import Table
 from ecominsight.config import Config
-from ecominsight.errors import LakeError
+from ecominsight.errors import ConfigError, LakeError
 from ecominsight.io import Lake
 from ecominsight.stages.base import StageResult
 
@@ -24,14 +27,36 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class RegisterResult(StageResult):
-    database: str
-    catalog: str  # the session's catalog implementation: hive, in-memory, ...
-    tables: dict[str, dict[str, Any]]  # metastore name -> location and partition columns
+    catalog: str | None  # warehouse.catalog; None: the session's current catalog
+    schema: str
+    metastore: str  # the session's catalog implementation: hive, in-memory, ...
+    tables: dict[str, dict[str, Any]]  # table name -> location, version, partitions, DuckDB view
 
 
-def qualified_name(database: str, table: Table) -> str:
-    """`database`.`<zone>_<table>`, quoted for Spark SQL."""
-    return f"`{database}`.`{table.warehouse_name}`"
+# Unity Catalog keeps table locations out of volumes (a volume's path may hold no table), so a lake
+# under one can be read and written but not registered there.
+_VOLUME_ROOT = "/Volumes/"
+
+
+def check_table_location(lake_uri: str, catalog: str | None) -> None:
+    """Refuse (ConfigError) to register Unity Catalog tables over a lake in a volume (`/Volumes/...`,
+    `dbfs:/Volumes/...`): UC refuses a table location there, after part of the tables were made."""
+    if catalog is None:
+        return
+    parts = urlsplit(lake_uri)
+    if parts.scheme.lower() in ("", "file", "dbfs") and (parts.path + "/").startswith(_VOLUME_ROOT):
+        raise ConfigError(f"warehouse.catalog={catalog}: the lake {lake_uri} is in a Unity Catalog volume, where "
+                          "tables cannot live; put the lake on an external location (s3://, abfss://, gs://)")
+
+
+def qualified_name(catalog: str | None, schema: str, table: Table) -> str:
+    """`catalog`.`schema`.`<zone>_<table>` (`schema`.`<zone>_<table>` without a catalog), quoted for Spark SQL."""
+    return ".".join(f"`{part}`" for part in (catalog, schema, table.warehouse_name) if part is not None)
+
+
+def schema_ddl(catalog: str | None, schema: str) -> str:
+    """The statement that creates the schema (database) of the registered tables where it is missing."""
+    return "CREATE SCHEMA IF NOT EXISTS " + ".".join(f"`{part}`" for part in (catalog, schema) if part is not None)
 
 
 def _sql_string(text: str) -> str:
@@ -45,68 +70,114 @@ def _partition_spec(part: str) -> str:
     return ", ".join(f"`{column}` = {_sql_string(unquote(value))}" for column, value in pairs)
 
 
-def table_ddl(database: str, table: Table, locations: dict[str, str], *, schema: T.StructType | None = None,
-              root: str | None = None) -> list[str]:
-    """The statements that (re)create `table` as an external Parquet table over its current version.
+def _columns(schema: T.StructType) -> str:
+    return ", ".join(f"`{field.name}` {field.dataType.simpleString()}" for field in schema.fields)
+
+
+def added_columns(registered: list[tuple[str, str]], schema: T.StructType, table: Table) -> T.StructType:
+    """The lake's columns that the registered table lacks (`registered`: its (name, type) pairs, as
+    `spark.catalog.listColumns` gives them), to add in place; LakeError where a registered column was
+    removed or changed its type, which no ALTER of an external Parquet table can follow."""
+    wanted = {field.name: field.dataType.simpleString() for field in schema.fields}
+    changed = [f"{name} {kind} -> {wanted.get(name, 'removed')}" for name, kind in registered if wanted.get(name) != kind]
+    if changed:
+        raise LakeError(f"the registered table {table.warehouse_name} no longer matches the lake's ({', '.join(changed)}); "
+                        "drop it yourself (its grants and comments go with it) and run register again")
+    known = {name for name, _ in registered}
+    return T.StructType([field for field in schema.fields if field.name not in known])
+
+
+def table_ddl(name: str, table: Table, locations: dict[str, str], *, schema: T.StructType, root: str,
+              registered_partitions: frozenset[str] | None = None, unity_catalog: bool = False) -> list[str]:
+    """The statements that create `table` (named `name`) as an external Parquet table over its current
+    version, or move the existing one there in place: never a DROP TABLE, so its grants, comments and
+    properties stay.
 
     `locations`: Lake.current_locations. Unpartitioned: LOCATION is the current version folder.
-    Partitioned: a table over the table's `root` with the columns of `schema`, each partition's
-    LOCATION set to its folder in the version that holds it (ALTER TABLE ... ADD PARTITION ...
-    LOCATION), so the catalog, not a directory listing, says which files are current.
-    Dropped and re-created on each run (external: the data stays), so a registered table never lags
-    behind the lake's manifest; the lake stays the source of truth."""
-    name = qualified_name(database, table)
-    statements = [f"DROP TABLE IF EXISTS {name}"]
+    Partitioned: a table over the table's `root`, each partition's LOCATION its folder in the version
+    that holds it, so the catalog, not a directory listing, says which files are current.
+    `registered_partitions`: the partitions the table has now (SHOW PARTITIONS; None where it is new):
+    those still current move with PARTITION ... SET LOCATION, those gone from the lake are unregistered
+    (their files are the lake's to remove). `unity_catalog`: a partitioned table gets UC's partition
+    metadata log (`partitionMetadataEnabled`), without which UC lists the folders instead."""
     if not table.partition_by:
-        return [*statements, f"CREATE TABLE {name} USING parquet LOCATION {_sql_string(locations[''])}"]
-    if schema is None or root is None:
-        raise ValueError(f"{table} is partitioned: its schema and root are needed")
-    columns = ", ".join(f"`{field.name}` {field.dataType.simpleString()}" for field in schema.fields)
+        location = _sql_string(locations[""])
+        return [f"CREATE TABLE IF NOT EXISTS {name} ({_columns(schema)}) USING parquet LOCATION {location}",
+                f"ALTER TABLE {name} SET LOCATION {location}"]
     partition_by = ", ".join(f"`{column}`" for column in table.partition_by)
-    statements.append(f"CREATE TABLE {name} ({columns}) USING parquet PARTITIONED BY ({partition_by}) "
-                      f"LOCATION {_sql_string(root)}")
-    if locations:
-        added = " ".join(f"PARTITION ({_partition_spec(part)}) LOCATION {_sql_string(location)}"
-                         for part, location in sorted(locations.items()))
-        statements.append(f"ALTER TABLE {name} ADD IF NOT EXISTS {added}")
+    properties = " TBLPROPERTIES ('partitionMetadataEnabled' = 'true')" if unity_catalog else ""
+    statements = [f"CREATE TABLE IF NOT EXISTS {name} ({_columns(schema)}) USING parquet PARTITIONED BY ({partition_by})"
+                  f"{properties} LOCATION {_sql_string(root)}"]
+    registered = registered_partitions or frozenset()
+    gone = sorted(registered - set(locations))
+    if gone:
+        statements.append(f"ALTER TABLE {name} DROP IF EXISTS " + ", ".join(f"PARTITION ({_partition_spec(part)})" for part in gone))
+    new = sorted(set(locations) - registered)
+    if new:
+        statements.append(f"ALTER TABLE {name} ADD IF NOT EXISTS " + " ".join(
+            f"PARTITION ({_partition_spec(part)}) LOCATION {_sql_string(locations[part])}" for part in new))
+    statements += [f"ALTER TABLE {name} PARTITION ({_partition_spec(part)}) SET LOCATION {_sql_string(locations[part])}"
+                   for part in sorted(set(locations) & registered)]
     return statements
 
 
-def duckdb_view(database: str, table: Table, files: list[str]) -> str:
+def duckdb_view(schema: str, table: Table, files: list[str]) -> str:
     """A DuckDB view over the table's current files (Lake.current_files): partition columns come
-    from the `key=value` folders in their paths. Named like the registered table."""
+    from the `key=value` folders in their paths. Named like the registered table, without its catalog."""
     listed = ", ".join(_sql_string(file) for file in files)
-    return (f"CREATE OR REPLACE VIEW {database}.{table.warehouse_name} AS SELECT * FROM "
+    return (f"CREATE OR REPLACE VIEW {schema}.{table.warehouse_name} AS SELECT * FROM "
             f"read_parquet([{listed}], hive_partitioning = true)")
+
+
+def _register_table(spark: SparkSession, name: str, table: Table, lake: Lake, *, unity_catalog: bool) -> None:
+    """Create or move one registered table in place (table_ddl), adding the columns the lake gained."""
+    locations, schema = lake.current_locations(table), lake.schema(table)
+    exists = spark.catalog.tableExists(name)
+    registered_partitions = None
+    if exists:
+        columns = [(c.name, c.dataType) for c in spark.catalog.listColumns(name)]
+        added = added_columns(columns, schema, table)
+        if added.fields:
+            # Before the move: the new version's files hold the columns, the old one's read them as null.
+            spark.sql(f"ALTER TABLE {name} ADD COLUMNS ({_columns(added)})")
+        if table.partition_by:
+            registered_partitions = frozenset(row[0] for row in spark.sql(f"SHOW PARTITIONS {name}").collect())
+    for statement in table_ddl(name, table, locations, schema=schema, root=lake.table_uri(table),
+                               registered_partitions=registered_partitions, unity_catalog=unity_catalog):
+        spark.sql(statement)
+    log.info("register: %s %s at version %s", "moved" if exists else "created", name, lake.version(table))
 
 
 def run_register(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> RegisterResult:
     """The lake's tables of `warehouse.zones` (by default the pseudonymised outputs: scores, insights)
-    -> external tables in `warehouse.database` over each table's current version;
-    reports/<run_id>/register.json (with a DuckDB view per table over the same files)."""
-    database = config.warehouse.database
-    spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
-    registered: dict[str, dict[str, Any]] = {}
-    for zone in config.warehouse.zones:
-        for table in lake.tables(zone):
-            locations = lake.current_locations(table)
-            for statement in table_ddl(database, table, locations, schema=lake.schema(table),
-                                       root=lake.table_uri(table)):
-                spark.sql(statement)
-            partitions = [c.name for c in spark.catalog.listColumns(f"{database}.{table.warehouse_name}") if c.isPartition]
-            files = [file.path if file.is_local else file.uri.replace("s3a://", "s3://", 1)
-                     for file in lake.current_files(table)]
-            registered[table.warehouse_name] = {
-                "location": locations[""] if "" in locations else lake.table_uri(table), "version": lake.version(table),
-                "partitioned_by": partitions, "partitions": len(locations) if partitions else None,
-                "duckdb": duckdb_view(database, table, files)}
-    if not registered:
+    -> external tables in `warehouse.catalog`.`warehouse.schema` over each table's current version,
+    created or moved in place; reports/<run_id>/register.json (with a DuckDB view per table over the
+    same files). ConfigError before any DDL for a Unity Catalog table over a lake in a volume."""
+    catalog, schema = config.warehouse.catalog, config.warehouse.schema
+    check_table_location(config.lake_path, catalog)
+    tables = [table for zone in config.warehouse.zones for table in lake.tables(zone)]
+    if not tables:
         raise LakeError(f"the lake at {lake.root} holds no tables to register; run the pipeline first")
-    catalog = spark.conf.get("spark.sql.catalogImplementation", "in-memory")
-    if catalog != "hive":
+    spark.sql(schema_ddl(catalog, schema))
+    registered: dict[str, dict[str, Any]] = {}
+    for table in tables:
+        name = qualified_name(catalog, schema, table)
+        _register_table(spark, name, table, lake, unity_catalog=catalog is not None)
+        locations = lake.current_locations(table)
+        partitions = [c.name for c in spark.catalog.listColumns(name) if c.isPartition]
+        files = [file.path if file.is_local else file.uri.replace("s3a://", "s3://", 1)
+                 for file in lake.current_files(table)]
+        registered[table.warehouse_name] = {
+            "name": name.replace("`", ""),
+            "location": locations[""] if "" in locations else lake.table_uri(table), "version": lake.version(table),
+            "partitioned_by": partitions, "partitions": len(locations) if partitions else None,
+            "duckdb": duckdb_view(schema, table, files)}
+    metastore = spark.conf.get("spark.sql.catalogImplementation", "in-memory")
+    if metastore != "hive":
         log.warning("register: the session's catalog is %r, so the tables live only as long as this session; "
-                    "set warehouse.embedded_metastore or run where a metastore is configured", catalog)
-    result = RegisterResult(database=database, catalog=catalog, tables=registered)
+                    "set warehouse.embedded_metastore or run where a metastore is configured", metastore)
+    result = RegisterResult(catalog=catalog, schema=schema, metastore=metastore, tables=registered)
     result.write(lake, run_id, "register")
-    log.info("register: %d tables in %s (%s catalog): %s", len(registered), database, catalog, ", ".join(registered))
+    log.info("register: %d tables in %s: %s", len(registered), schema_ddl(catalog, schema).rsplit(" ", 1)[-1],
+             ", ".join(registered))
     return result

@@ -13,7 +13,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from ecominsight.schema import (
-    AGGREGATE_FEATURES, ATTRIBUTE_SEPARATOR, NO_HISTORY, NUMERIC_FEATURES, SEQUENCE_SEPARATOR, SPLITS, TIME_FEATURES,
+    AGGREGATE_FEATURES, ATTRIBUTE_SEPARATOR, NO_HISTORY, NUMERIC_FEATURES, SEQUENCE_SEPARATOR,
 )
 
 # A user who never bought gets this "days since last purchase": longer than any real history.
