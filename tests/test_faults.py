@@ -4,11 +4,13 @@ and what it checked."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -41,26 +43,34 @@ def probe_table(zone: str) -> Table:
     return Table(zone, "probe", ("day",) if zone == "scores" else ())
 
 
-def write_version(lake_root: str, zone: str, version: str, seconds_per_partition: str = "0", spark=None) -> None:
+def write_version(lake_root: str, zone: str, version: str, seconds_per_partition: str = "0", spark=None,
+                  scratch: str | None = None) -> None:
     """Write the probe rows to <zone>/probe as the stages write (a new version folder, then the
     manifest): `features` whole, `scores` partitioned by day. Superseded versions go at once (a grace
-    period of 0). Without `spark` (in a child process) it starts its own session."""
-    from ecominsight.session import spark_session
+    period of 0). Without `spark` (in a child process) it starts its own session, with the lake's
+    settings as the command line makes them (the cloud jars and S3A committers for s3a://), Hadoop's
+    local buffers under `scratch` when given."""
+    from ecominsight.session import conf_for_lake, spark_session
 
     # Without adaptive execution Spark sets up the write job (and its staging folder) before it
     # runs the slow stage ahead of Lake.write's shuffle, so the kill lands inside the write.
-    session = nullcontext(spark) if spark is not None else spark_session(
-        "fault-probe", "local[2]", {"spark.ui.enabled": "false", "spark.sql.adaptive.enabled": "false"})
+    conf = {"spark.ui.enabled": "false", "spark.sql.adaptive.enabled": "false",
+            **({"spark.hadoop.hadoop.tmp.dir": scratch} if scratch else {})}
+    session = nullcontext(spark) if spark is not None else spark_session("fault-probe", "local[2]",
+                                                                          conf_for_lake(lake_root, conf))
     with session as spark:
         rows = probe_rows(spark, version, float(seconds_per_partition))
         Lake(lake_root, retain_versions_minutes=0).write(rows, probe_table(zone))
 
 
-def _writer_process(lake_root: Path, zone: str, version: str, seconds_per_partition: float) -> subprocess.Popen:
+def _writer_process(lake_root: Path | str, zone: str, version: str, seconds_per_partition: float,
+                    env: dict[str, str] | None = None, scratch: Path | None = None, log=subprocess.PIPE) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", "import sys; from tests.test_faults import write_version as w; w(*sys.argv[1:])",
-         str(lake_root), zone, version, str(seconds_per_partition)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [sys.executable, "-c", "import sys; from tests.test_faults import write_version as w; w(*sys.argv[1:5], "
+         "scratch=(sys.argv[5:] or [None])[0])", str(lake_root), zone, version, str(seconds_per_partition),
+         *([str(scratch)] if scratch else [])],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, text=True, start_new_session=True,
+        env={**os.environ, **env} if env else None,
     )
 
 
@@ -102,6 +112,130 @@ def test_a_driver_killed_mid_write_leaves_the_previous_table_whole(spark, tmp_pa
     write_version(str(root), zone, "v2", spark=spark)
     assert _versions(spark, lake, zone) == {"v2": ROWS}
     assert sorted(p.name for p in (root / zone / "probe").iterdir()) == sorted([MANIFEST, lake.version(probe_table(zone))])
+
+
+def content_hash(rows: list[tuple]) -> str:
+    """A hash of a table's rows, independent of their order and of how the files split them."""
+    return hashlib.sha256(json.dumps(sorted(rows)).encode()).hexdigest()
+
+
+def arrow_view(lake: Lake, table: Table) -> tuple[str, int, str]:
+    """What a pyarrow reader sees now: (the manifest's version, rows, content hash)."""
+    version = lake.version(table)
+    data = lake.read_arrow(table, columns=["id", "version", "day"]).to_pydict()
+    # pyarrow reads a partition column back from its folder names as a number (day=0): compare as text.
+    rows = [(i, tag, str(day)) for i, tag, day in zip(data["id"], data["version"], data["day"])]
+    return version, len(rows), content_hash(rows)
+
+
+def read_then_write_s3a(lake_root: str, zone: str, version: str, scratch: str, out: str) -> None:
+    """In a child process with the cloud jars: what Spark reads of <zone>/probe, then a complete write
+    of `version` (grace period 0, so it removes every unfinished version), then what Spark reads again.
+    The results go to `out` as JSON."""
+    from ecominsight.session import conf_for_lake, spark_session
+
+    def view(spark) -> dict:
+        frame = Lake(lake_root).read(spark, probe_table(zone)).select("id", "version", "day")
+        rows = [tuple(row) for row in frame.collect()]
+        return {"rows": len(rows), "hash": content_hash(rows)}
+
+    conf = conf_for_lake(lake_root, {"spark.ui.enabled": "false", "spark.hadoop.hadoop.tmp.dir": scratch})
+    with spark_session("fault-read-s3a", "local[2]", conf) as spark:
+        before = view(spark)
+        write_version(lake_root, zone, version, spark=spark)
+        Path(out).write_text(json.dumps({"before": before, "after": view(spark)}))
+
+
+# Seconds after a write's first object appears in the bucket at which its writer is killed: while it
+# sets up the job, while the first tasks write, while the last ones write or the job commits.
+S3_KILL_DELAYS = (0.5, 7.0, 15.0)
+
+
+@pytest.mark.parametrize("zone", ["features", "scores"])
+def test_writers_killed_mid_write_on_s3a_never_expose_a_partial_table(s3_bucket, cloud_jars, tmp_path, zone):
+    """Injected: SIGKILL to a writer's whole process group (JVM, Python driver, workers) writing
+    <zone>/probe to s3a:// on the loopback S3 server through the S3A magic committer (`features` whole,
+    `scores` by day), at each of S3_KILL_DELAYS after the write's first object appeared in the bucket.
+    Checked: a pyarrow reader polling all along, and one after each kill, sees version 1 whole
+    (rows and content hash of the first write), never a part; Spark in a child reads the same; the
+    next complete write removes every unfinished version (grace period 0) and reads back whole."""
+    env = {**s3_bucket.server.env(), "SPARK_LOCAL_IP": "127.0.0.1"}
+    lake_root = f"{s3_bucket.uri}/lake"
+    lake, table = Lake(lake_root), probe_table(zone)
+    client = s3_bucket.server.client()
+    prefix = f"lake/{zone}/probe/"
+
+    def keys() -> list[str]:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket.name, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    def run(version: str, seconds: float, log: Path) -> subprocess.Popen:
+        with log.open("w") as handle:
+            return _writer_process(lake_root, zone, version, seconds, env=env, scratch=tmp_path / "hadoop", log=handle)
+
+    started = time.monotonic()
+    first = run("v1", 0, tmp_path / "v1.log")
+    assert first.wait(timeout=600) == 0, (tmp_path / "v1.log").read_text()[-4000:]
+    v1_version = lake.version(table)
+    expected = (v1_version, ROWS, content_hash([(i, "v1", str(i % 2)) for i in range(ROWS)]))
+    assert arrow_view(lake, table) == expected
+
+    seen: list = []
+    stop = threading.Event()
+
+    def poll() -> None:  # a reader that keeps reading while writers come and die
+        while not stop.is_set():
+            try:
+                seen.append(arrow_view(lake, table))
+            except Exception as err:  # noqa: BLE001 - any failure to read is a finding, kept and asserted on
+                seen.append(repr(err))
+            time.sleep(0.3)
+
+    reader = threading.Thread(target=poll, daemon=True)
+    reader.start()
+    unfinished: set[str] = set()
+    try:
+        for attempt, delay in enumerate(S3_KILL_DELAYS):
+            log = tmp_path / f"killed-{attempt}.log"
+            writer = run(f"v2-attempt-{attempt}", 6, log)
+            deadline, new = time.time() + 300, []
+            while time.time() < deadline and not new and writer.poll() is None:
+                new = [key for key in keys()  # this write's first object: under none of the folders before it
+                       if key.removeprefix(prefix).split("/", 1)[0] not in {v1_version, MANIFEST, *unfinished}]
+                time.sleep(0.2)
+            assert new, f"write {attempt} never reached the bucket:\n{log.read_text()[-4000:]}"
+            time.sleep(delay)
+            assert writer.poll() is None, f"write {attempt} ended before its kill:\n{log.read_text()[-4000:]}"
+            os.killpg(writer.pid, signal.SIGKILL)
+            writer.wait(timeout=60)
+            unfinished |= {key.removeprefix(prefix).split("/", 1)[0] for key in keys()} - {v1_version, MANIFEST}
+            assert arrow_view(lake, table) == expected, f"after the kill at +{delay} s"
+    finally:
+        stop.set()
+        reader.join(timeout=60)
+    kills_done = time.monotonic()
+    assert seen and all(view == expected for view in seen), sorted({str(view) for view in seen if view != expected})
+    assert len(unfinished) == len(S3_KILL_DELAYS), unfinished  # each killed write left its own folder behind
+
+    out = tmp_path / "spark.json"
+    with (tmp_path / "final.log").open("w") as handle:
+        final = subprocess.run(
+            [sys.executable, "-c", "import sys; from tests.test_faults import read_then_write_s3a as r; r(*sys.argv[1:])",
+             lake_root, zone, "v2", str(tmp_path / "hadoop"), str(out)],
+            cwd=REPO, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT, timeout=600)
+    assert final.returncode == 0, (tmp_path / "final.log").read_text()[-4000:]
+    spark_view = json.loads(out.read_text())
+    assert spark_view["before"] == {"rows": ROWS, "hash": expected[2]}
+    v2 = content_hash([(i, "v2", str(i % 2)) for i in range(ROWS)])
+    assert spark_view["after"] == {"rows": ROWS, "hash": v2}
+    assert arrow_view(lake, table)[1:] == (ROWS, v2)
+    assert sorted({key.removeprefix(prefix).split("/", 1)[0] for key in keys()}) == sorted([MANIFEST, lake.version(table)])
+    # What S3 keeps of the killed writes' uploads (multipart uploads never completed): invisible to
+    # every reader, billed until a lifecycle rule or `hadoop s3guard uploads -abort` removes them.
+    pending = client.list_multipart_uploads(Bucket=s3_bucket.name, Prefix=prefix).get("Uploads", [])
+    print(f"\ns3a kill test ({zone}): {len(S3_KILL_DELAYS)} kills and {len(seen)} reads in "
+          f"{kills_done - started:.0f} s, then the Spark read + clean write in {time.monotonic() - kills_done:.0f} s; "
+          f"{len(pending)} incomplete multipart uploads left by the killed writers")
 
 
 def test_a_second_run_on_a_lake_in_use_refuses_with_the_holder_named(tmp_path):
