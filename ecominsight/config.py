@@ -333,6 +333,11 @@ class WarehouseConfig:
     # features hold the source's raw ids, so they are opt-in (internal analysts).
     zones: list[str] = field(default_factory=lambda: ["scores", "insights"],
                              metadata=rule(non_empty=True, choices=TABLE_ZONES))
+    # external: tables over the lake's current files (moved in place after each run). managed: register
+    # copies each table's current version into a table the catalog stores itself, for a lake where
+    # tables cannot live (a Unity Catalog volume: the serverless job's lake) or readers without access
+    # to the lake's storage.
+    tables: str = field(default="external", metadata=rule(choices=("external", "managed")))
 
 
 @dataclass(frozen=True)

@@ -231,6 +231,32 @@ def test_register_through_spark_connect_fills_the_servers_metastore(connect_run,
     assert seen["users"] == pipeline_run[3]["score"].users_scored
 
 
+def test_register_copies_managed_tables_through_spark_connect(connect_run, connect_server):
+    """The serverless job's register (warehouse.tables=managed: a lake in a volume may hold no table),
+    through Spark Connect: managed copies of every table's current version in the server's metastore;
+    a second register with nothing new copies nothing."""
+    lake_root, _, _ = connect_run
+    settings = [f"lake={lake_root}", "warehouse.schema=ecominsight_copies", "warehouse.tables=managed"]
+    seen, _ = run_client(
+        connect_server,
+        "from ecominsight.catalog import USER_SCORES",
+        "from ecominsight.config import load_config",
+        "from ecominsight.io import Lake",
+        "from ecominsight.stages.register import run_register",
+        f"config = load_config('local', {settings!r})",
+        "lake = Lake(config.lake_path)",
+        "first = run_register(spark, config, lake, 'connect-managed-1').tables",
+        "second = run_register(spark, config, lake, 'connect-managed-2').tables",
+        "described = spark.sql('DESCRIBE TABLE EXTENDED ecominsight_copies.scores_user_scores').collect()",
+        "result = {'first': first, 'second': second, 'type': {r[0]: r[1] for r in described}['Type'],",
+        "          'copied_rows': spark.table('ecominsight_copies.scores_user_scores').count(),",
+        "          'lake_rows': lake.read(spark, USER_SCORES).count()}")
+    assert "scores_user_scores" in seen["first"] and seen["type"] == "MANAGED"
+    assert {(entry["kind"], entry["location"], entry["copied"]) for entry in seen["first"].values()} == {("managed", None, True)}
+    assert {entry["copied"] for entry in seen["second"].values()} == {False}
+    assert seen["copied_rows"] == seen["lake_rows"] > 0
+
+
 def test_no_secret_reaches_a_log_line_or_a_file_of_the_lake_in_connect_mode(connect_run):
     lake_root, _, logs = connect_run
     assert PSEUDONYM_SECRET not in logs and TOKEN_SECRET not in logs

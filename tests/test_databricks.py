@@ -27,13 +27,14 @@ import yaml
 from ecominsight.cli import _parser
 from ecominsight.config import load_config
 from ecominsight.redaction import SECRET_NAME
-from ecominsight.stages.register import check_table_location
+from ecominsight.stages.register import check_table_location, is_volume_uri
 
 REPO = Path(__file__).resolve().parent.parent
 STAGE_ORDER = ["clean", "fuse", "train", "score", "insights", "register"]
 CLASSIC, SERVERLESS = "ecominsight_daily", "ecominsight_daily_serverless"
 # What a deployer passes for prod (`--var` or BUNDLE_VAR_*): the variables without a value there.
-PROD_GIVEN = {"catalog": "main", "lake": "s3://acme-lake/ecominsight", "failure_email": "oncall@example.com",
+PROD_GIVEN = {"catalog": "main", "lake": "s3://acme-lake/ecominsight",
+              "serverless_lake": "/Volumes/main/ecominsight/lake/ecominsight", "failure_email": "oncall@example.com",
               "service_principal": "6a2b1f0e-2c4d-4b7e-9f1a-3d5c7e9b1a20"}
 # dev gives every variable but the lake: a bucket of the deployer's own.
 DEV_GIVEN = {"lake": "s3://acme-lake-dev/ecominsight"}
@@ -309,13 +310,16 @@ def test_each_task_passes_valid_config(job_name, stage):
     args = _parser(stage).parse_args(parameters)  # what ecominsight-<stage> does with its argv
     assert args.env == "databricks"
     config = load_config(args.env, args.overrides)  # raises ConfigError on a bad key or value
-    assert config.lake == PROD_GIVEN["lake"]
+    # Serverless Python has no credentials for an external location: its lake is a volume, the classic one not.
+    assert config.lake == PROD_GIVEN["serverless_lake" if job_name == SERVERLESS else "lake"]
+    assert is_volume_uri(config.lake_path) == (job_name == SERVERLESS)
     if stage == "register":
         # The job's last task: the tables follow every run's new versions, in the bundle's catalog and schema,
-        # over a lake that Unity Catalog accepts as a table location.
+        # as external tables over the lake or, over a volume lake (which may hold no table), managed copies.
         assert tasks_of(job)["register"]["depends_on"] == [{"task_key": "insights"}]
         assert (config.warehouse.catalog, config.warehouse.schema) == (PROD_GIVEN["catalog"], variable_values("prod")["schema"])
-        check_table_location(config.lake_path, config.warehouse.catalog)
+        assert config.warehouse.tables == ("managed" if job_name == SERVERLESS else "external")
+        check_table_location(config.lake_path, config.warehouse.catalog, config.warehouse.tables)
     if stage == "train":
         transformer = config.train.transformer
         assert (transformer.use_gpu, transformer.local_mode) == ((True, False) if job_name == CLASSIC else (False, True))

@@ -255,8 +255,9 @@ def test_a_lake_in_a_volume_is_refused_for_a_catalog(lake):
         check_table_location(lake, "main")
     message = str(err.value)
     assert "\n" not in message and "is in a Unity Catalog volume, where tables cannot live" in message
-    assert "external location (s3://, abfss://, gs://)" in message
+    assert "external location (s3://, abfss://, gs://)" in message and "set warehouse.tables=managed" in message
     check_table_location(lake, None)  # the session's catalog decides itself
+    check_table_location(lake, "main", "managed")  # copies live in the catalog's own storage
 
 
 @pytest.mark.parametrize("lake", ["s3://acme-lake/ecominsight", "abfss://lake@acme.dfs.core.windows.net/ecominsight",
@@ -306,4 +307,63 @@ def test_register_in_place_in_the_sessions_catalog_keeps_comments_and_follows_ne
         assert described["Comment"] == f"kept: {name}" and "steward=growth-team" in described["Table Properties"]
     assert "partitionMetadataEnabled=true" in {r[0]: r[1] for r in spark.sql(
         "DESCRIBE TABLE EXTENDED spark_catalog.uc_probe.scores_probe").collect()}["Table Properties"]
+    with pytest.raises(LakeError, match=r"spark_catalog.uc_probe.scores_probe is an external table and "
+                                        r"warehouse.tables=managed: drop it yourself"):
+        run_register(spark, load_config("local", [f"lake={lake.root}", "warehouse.catalog=spark_catalog", "warehouse.schema=uc_probe",
+                                                  "warehouse.zones=[scores]", "warehouse.tables=managed"]), lake, "uc-3")
     spark.sql("DROP DATABASE spark_catalog.uc_probe CASCADE")
+
+
+def test_managed_copies_follow_the_lake_in_place_and_copy_nothing_new_twice(spark, tmp_path):
+    """warehouse.tables=managed over a lake in a volume (the serverless job's register): managed tables
+    holding the current versions; comments and properties survive a refresh; a register with nothing
+    new copies nothing; a refresh replaces every row, even a partition the lake lacks, in a session set
+    to dynamic partition overwrite (and leaves that setting as it was)."""
+    from pyspark.sql import functions as F
+
+    lake = Lake(tmp_path / "lake", retain_versions_minutes=60)
+    config = load_config("local", ["lake=/Volumes/main/ecominsight/lake", "warehouse.catalog=spark_catalog",
+                                   "warehouse.schema=copy_probe", "warehouse.zones=[scores,insights]",
+                                   "warehouse.tables=managed"])
+    # The schema's folder under tmp_path, so the managed tables' files go there (not ./spark-warehouse).
+    spark.sql(f"CREATE SCHEMA spark_catalog.copy_probe LOCATION '{(tmp_path / 'copies').as_uri()}'")
+    rows = spark.range(20).select(F.col("id").cast("string").alias("user_id"), F.lit("v1").alias("tag"),
+                                  F.expr("date_add(date'2024-01-01', cast(id % 2 as int))").alias("day"))
+    lake.write(rows, PROBE)
+    lake.write(rows.drop("day"), PLAIN)
+    first = run_register(spark, config, lake, "copy-1")
+    assert {name: (entry["kind"], entry["location"], entry["copied"]) for name, entry in first.tables.items()} == {
+        "scores_probe": ("managed", None, True), "insights_plain_probe": ("managed", None, True)}
+    for name in ("scores_probe", "insights_plain_probe"):
+        described = {r[0]: r[1] for r in spark.sql(f"DESCRIBE TABLE EXTENDED spark_catalog.copy_probe.{name}").collect()}
+        assert described["Type"] == "MANAGED" and described["Location"].startswith(f"file:{tmp_path / 'copies'}/")
+        spark.sql(f"COMMENT ON TABLE spark_catalog.copy_probe.{name} IS 'kept: {name}'")
+    assert sorted(spark.table("spark_catalog.copy_probe.scores_probe").collect()) == sorted(lake.read(spark, PROBE).collect())
+
+    again = run_register(spark, config, lake, "copy-2")
+    assert {entry["copied"] for entry in again.tables.values()} == {False}
+
+    # A row of a day the lake never had (an analyst's insert): a copy of the lake has no place for it.
+    spark.sql("INSERT INTO spark_catalog.copy_probe.scores_probe VALUES ('stray', 'v0', date'2023-12-31')")
+    lake.write(rows.where("day = date'2024-01-02'").withColumn("tag", F.lit("v2")), PROBE)
+    lake.write(rows.drop("day").withColumn("tag", F.lit("v2")).withColumn("extra", F.lit(1.5)), PLAIN)
+    assert spark.conf.get("spark.sql.sources.partitionOverwriteMode") == "dynamic"  # the session helper's
+    third = run_register(spark, config, lake, "copy-3")
+    assert {entry["copied"] for entry in third.tables.values()} == {True}
+    assert spark.conf.get("spark.sql.sources.partitionOverwriteMode") == "dynamic"
+
+    by_day = spark.table("spark_catalog.copy_probe.scores_probe").groupBy("day", "tag").count().collect()
+    assert {(str(r["day"]), r["tag"]): r["count"] for r in by_day} == {("2024-01-01", "v1"): 10, ("2024-01-02", "v2"): 10}
+    plain = spark.table("spark_catalog.copy_probe.insights_plain_probe")
+    assert plain.columns == ["user_id", "tag", "extra"]
+    assert {(r["tag"], r["extra"]) for r in plain.collect()} == {("v2", 1.5)}
+    for name in ("scores_probe", "insights_plain_probe"):
+        described = {r[0]: r[1] for r in spark.sql(f"DESCRIBE TABLE EXTENDED spark_catalog.copy_probe.{name}").collect()}
+        assert described["Comment"] == f"kept: {name}"
+        assert f"ecominsight.lake_version={third.tables[name]['version']}" in described["Table Properties"]
+    # The same tables as the other kind: refused before anything is written (into the lake, or over a copy).
+    with pytest.raises(LakeError, match=r"spark_catalog.copy_probe.scores_probe is a managed table and "
+                                        r"warehouse.tables=external: drop it yourself"):
+        run_register(spark, load_config("local", [f"lake={lake.root}", "warehouse.catalog=spark_catalog",
+                                                  "warehouse.schema=copy_probe", "warehouse.zones=[scores]"]), lake, "copy-4")
+    spark.sql("DROP DATABASE spark_catalog.copy_probe CASCADE")

@@ -1,15 +1,23 @@
-"""register: every lake table of `warehouse.zones` -> an external Parquet table
-`[<catalog>.]<schema>.<zone>_<table>` in the session's metastore (Hive metastore, Unity Catalog) over
-the table's current version (as its manifest names it), so that a warehouse (Spark SQL, Databricks
+"""register: every lake table of `warehouse.zones` -> a table `[<catalog>.]<schema>.<zone>_<table>` in
+the session's metastore (Hive metastore, Unity Catalog), so that a warehouse (Spark SQL, Databricks
 SQL, Hive) queries it. Re-run after each write: the pipeline's stages publish new versions, and
-`register` moves the tables to them in place (ALTER TABLE ... SET LOCATION; never DROP TABLE, so grants
-and comments stay). Spark's session catalog has no CREATE OR REPLACE for such tables (REPLACE TABLE is
-for v2 catalogs), and a replace would reset the comments and properties anyway."""
+`register` follows them in place, never with DROP TABLE, so grants and comments stay.
+
+Two kinds (`warehouse.tables`): `external` (the default) creates Parquet tables over the table's current
+version, as its manifest names it, and moves them with ALTER TABLE ... SET LOCATION (Spark's session
+catalog has no CREATE OR REPLACE for such tables, and a replace would reset comments and properties
+anyway); `managed` copies the current version into tables the catalog stores itself (INSERT
+OVERWRITE, in the session's default format: Delta on Databricks), for a lake where no table may live,
+such as a Unity Catalog volume."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -30,7 +38,7 @@ class RegisterResult(StageResult):
     catalog: str | None  # warehouse.catalog; None: the session's current catalog
     schema: str
     metastore: str  # the session's catalog implementation: hive, in-memory, ...
-    tables: dict[str, dict[str, Any]]  # table name -> location, version, partitions, DuckDB view
+    tables: dict[str, dict[str, Any]]  # table name -> kind, location, source, version, partitions, DuckDB view
 
 
 # Unity Catalog keeps table locations out of volumes (a volume's path may hold no table), so a lake
@@ -38,15 +46,21 @@ class RegisterResult(StageResult):
 _VOLUME_ROOT = "/Volumes/"
 
 
-def check_table_location(lake_uri: str, catalog: str | None) -> None:
-    """Refuse (ConfigError) to register Unity Catalog tables over a lake in a volume (`/Volumes/...`,
-    `dbfs:/Volumes/...`): UC refuses a table location there, after part of the tables were made."""
-    if catalog is None:
-        return
+def is_volume_uri(lake_uri: str) -> bool:
+    """Whether the lake is in a Unity Catalog volume (`/Volumes/...`, `dbfs:/Volumes/...`, `file:///Volumes/...`)."""
     parts = urlsplit(lake_uri)
-    if parts.scheme.lower() in ("", "file", "dbfs") and (parts.path + "/").startswith(_VOLUME_ROOT):
-        raise ConfigError(f"warehouse.catalog={catalog}: the lake {lake_uri} is in a Unity Catalog volume, where "
-                          "tables cannot live; put the lake on an external location (s3://, abfss://, gs://)")
+    return parts.scheme.lower() in ("", "file", "dbfs") and (parts.path + "/").startswith(_VOLUME_ROOT)
+
+
+def check_table_location(lake_uri: str, catalog: str | None, tables: str = "external") -> None:
+    """Refuse (ConfigError) to register external Unity Catalog tables over a lake in a volume: UC
+    refuses a table location there, after part of the tables were made. Managed tables (copies) are
+    fine anywhere."""
+    if catalog is None or tables == "managed" or not is_volume_uri(lake_uri):
+        return
+    raise ConfigError(f"warehouse.catalog={catalog}: the lake {lake_uri} is in a Unity Catalog volume, where "
+                      "tables cannot live; set warehouse.tables=managed (register copies the tables into the "
+                      "catalog) or put the lake on an external location (s3://, abfss://, gs://)")
 
 
 def qualified_name(catalog: str | None, schema: str, table: Table) -> str:
@@ -148,13 +162,89 @@ def _register_table(spark: SparkSession, name: str, table: Table, lake: Lake, *,
     log.info("register: %s %s at version %s", "moved" if exists else "created", name, lake.version(table))
 
 
+# Table properties of a managed copy: what it holds, so that a register with nothing new copies nothing.
+LAKE_STATE_PROPERTY = "ecominsight.lake_state"
+LAKE_VERSION_PROPERTY = "ecominsight.lake_version"
+
+
+def lake_state(locations: dict[str, str]) -> str:
+    """A short fingerprint of a table's current data (Lake.current_locations: every version folder it
+    reads), which changes whenever any partition moves to a new version."""
+    return hashlib.sha256(json.dumps(locations, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def managed_table_ddl(name: str, table: Table, *, schema: T.StructType, table_format: str) -> str:
+    """The statement that creates `table` (named `name`) as a managed table of `table_format` (the
+    session's default: delta on Databricks, parquet in plain Spark) where it does not exist yet."""
+    partitioned = (" PARTITIONED BY (" + ", ".join(f"`{column}`" for column in table.partition_by) + ")"
+                   if table.partition_by else "")
+    return f"CREATE TABLE IF NOT EXISTS {name} ({_columns(schema)}) USING {table_format}{partitioned}"
+
+
+@contextlib.contextmanager
+def _static_partition_overwrite(spark: SparkSession) -> Iterator[None]:
+    """An INSERT OVERWRITE inside replaces the whole table, as a copy of the lake must (a partition the
+    lake no longer has goes too), even in a session set to dynamic partition overwrite; the session's
+    setting comes back afterwards."""
+    key = "spark.sql.sources.partitionOverwriteMode"
+    before = spark.conf.get(key, "static")
+    if before.lower() != "static":
+        spark.conf.set(key, "static")
+    try:
+        yield
+    finally:
+        if before.lower() != "static":
+            spark.conf.set(key, before)
+
+
+def _copy_into_managed_table(spark: SparkSession, name: str, table: Table, lake: Lake) -> bool:
+    """Create the managed table `name` where missing (adding the columns the lake gained where not) and
+    replace its rows with the lake table's current version, unless it holds that version already.
+    Output: whether rows were copied."""
+    schema, state = lake.schema(table), lake_state(lake.current_locations(table))
+    exists = spark.catalog.tableExists(name)
+    if exists:
+        added = added_columns([(c.name, c.dataType) for c in spark.catalog.listColumns(name)], schema, table)
+        if added.fields:
+            spark.sql(f"ALTER TABLE {name} ADD COLUMNS ({_columns(added)})")
+        properties = {row[0]: row[1] for row in spark.sql(f"SHOW TBLPROPERTIES {name}").collect()}
+        if properties.get(LAKE_STATE_PROPERTY) == state:
+            log.info("register: %s already holds version %s", name, lake.version(table))
+            return False
+    else:
+        table_format = spark.conf.get("spark.sql.sources.default", "parquet")
+        spark.sql(managed_table_ddl(name, table, schema=schema, table_format=table_format))
+    # insertInto matches by position: the table's column order (partition columns last, as in the lake).
+    columns = [c.name for c in spark.catalog.listColumns(name)]
+    with _static_partition_overwrite(spark):
+        lake.read(spark, table).select(*columns).write.insertInto(name, overwrite=True)
+    spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ({_sql_string(LAKE_STATE_PROPERTY)} = {_sql_string(state)}, "
+              f"{_sql_string(LAKE_VERSION_PROPERTY)} = {_sql_string(lake.version(table))})")
+    log.info("register: %s %s with version %s", "refreshed" if exists else "created", name, lake.version(table))
+    return True
+
+
+def check_existing_kind(spark: SparkSession, name: str, kind: str) -> None:
+    """LakeError where `name` exists as the other kind of table: a copy written into an external table
+    would land inside the lake's version folders, and a managed table moved to the lake would have its
+    copy removed with it."""
+    if not spark.catalog.tableExists(name):
+        return
+    found = (spark.catalog.getTable(name.replace("`", "")).tableType or "").upper()
+    wanted = "MANAGED" if kind == "managed" else "EXTERNAL"
+    if found in ("MANAGED", "EXTERNAL") and found != wanted:
+        article = "an" if found == "EXTERNAL" else "a"
+        raise LakeError(f"{name.replace('`', '')} is {article} {found.lower()} table and warehouse.tables={kind}: drop it yourself "
+                        "(its grants and comments go with it) or register into another warehouse.schema")
+
+
 def run_register(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> RegisterResult:
     """The lake's tables of `warehouse.zones` (by default the pseudonymised outputs: scores, insights)
     -> external tables in `warehouse.catalog`.`warehouse.schema` over each table's current version,
     created or moved in place; reports/<run_id>/register.json (with a DuckDB view per table over the
-    same files). ConfigError before any DDL for a Unity Catalog table over a lake in a volume."""
-    catalog, schema = config.warehouse.catalog, config.warehouse.schema
-    check_table_location(config.lake_path, catalog)
+    same files). ConfigError before any DDL for an external Unity Catalog table over a lake in a volume."""
+    catalog, schema, kind = config.warehouse.catalog, config.warehouse.schema, config.warehouse.tables
+    check_table_location(config.lake_path, catalog, kind)
     tables = [table for zone in config.warehouse.zones for table in lake.tables(zone)]
     if not tables:
         raise LakeError(f"the lake at {lake.root} holds no tables to register; run the pipeline first")
@@ -162,14 +252,22 @@ def run_register(spark: SparkSession, config: Config, lake: Lake, run_id: str) -
     registered: dict[str, dict[str, Any]] = {}
     for table in tables:
         name = qualified_name(catalog, schema, table)
-        _register_table(spark, name, table, lake, unity_catalog=catalog is not None)
+        check_existing_kind(spark, name, kind)
+        copied = None
+        if kind == "managed":
+            copied = _copy_into_managed_table(spark, name, table, lake)
+        else:
+            _register_table(spark, name, table, lake, unity_catalog=catalog is not None)
         locations = lake.current_locations(table)
         partitions = [c.name for c in spark.catalog.listColumns(name) if c.isPartition]
         files = [file.path if file.is_local else file.uri.replace("s3a://", "s3://", 1)
                  for file in lake.current_files(table)]
         registered[table.warehouse_name] = {
-            "name": name.replace("`", ""),
-            "location": locations[""] if "" in locations else lake.table_uri(table), "version": lake.version(table),
+            "name": name.replace("`", ""), "kind": kind,
+            # managed: the catalog's own storage holds a copy of this lake table
+            "location": None if kind == "managed" else locations[""] if "" in locations else lake.table_uri(table),
+            "source": lake.table_uri(table), "version": lake.version(table),
+            **({"copied": copied} if copied is not None else {}),
             "partitioned_by": partitions, "partitions": len(locations) if partitions else None,
             "duckdb": duckdb_view(schema, table, files)}
     metastore = spark.conf.get("spark.sql.catalogImplementation", "in-memory")
