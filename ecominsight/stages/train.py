@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -104,6 +106,21 @@ def _evaluate(predictions: Predictions) -> dict[str, Any]:
     from ecominsight.models.metrics import evaluate_splits
 
     return evaluate_splits(*((predictions[s]["label"], predictions[s]["probability"]) for s in ("valid", "test")))
+
+
+def _with_cost(name: str, lake: Lake, version: str,
+               fit: Callable[[], tuple[dict[str, Any], Predictions]]) -> tuple[dict[str, Any], Predictions]:
+    """Run one model's fit and record what it cost beside its metrics (metrics.json and the returned
+    metrics): `cost.fit_seconds` (wall) and `cost.fit_started_at` (unix time, so that a benchmark's CPU
+    meter can attribute CPU-seconds to the fit). The hybrid's cost is its stacker's alone; its
+    components' costs are theirs."""
+    started_at, clock = time.time(), time.perf_counter()
+    metrics, predictions = fit()
+    cost = {"fit_started_at": started_at, "fit_seconds": round(time.perf_counter() - clock, 3)}
+    metrics_file = lake.model_dir(name, version) / "metrics.json"
+    write_json(metrics_file, {**read_json(metrics_file), "cost": cost})
+    log.info("train: %s fitted in %.1f s", name, cost["fit_seconds"])
+    return {**metrics, "cost": cost}, predictions
 
 
 def _fit_baseline(name: str, pipeline, data: DataFrame, lake: Lake, version: str,
@@ -223,13 +240,16 @@ def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> T
 
     from ecominsight.models import champion
 
-    fitted = {name: _fit_baseline(name, pipeline, data, lake, version, lineage)
-              for name, pipeline in baseline_pipelines(config.train).items()}
-    fitted[TRANSFORMER_MODEL] = _train_transformer(config.train.transformer, lake, train_split, lineage)
+    fitted = {}
+    for name, pipeline in baseline_pipelines(config.train).items():
+        fitted[name] = _with_cost(name, lake, version, lambda: _fit_baseline(name, pipeline, data, lake, version, lineage))
+    fitted[TRANSFORMER_MODEL] = _with_cost(TRANSFORMER_MODEL, lake, version, lambda: _train_transformer(
+        config.train.transformer, lake, train_split, lineage))
     valid_labels = fitted[LR_MODEL][1]["valid"]["label"]
     if len(set(valid_labels)) == 2:
-        fitted[champion.HYBRID_MODEL] = _train_hybrid({name: p for name, (_, p) in fitted.items()}, lake, lineage,
-                                                      {name: version for name in fitted})
+        components = {name: p for name, (_, p) in fitted.items()}
+        fitted[champion.HYBRID_MODEL] = _with_cost(champion.HYBRID_MODEL, lake, version, lambda: _train_hybrid(
+            components, lake, lineage, {name: version for name in components}))
     else:
         log.warning("train: the validation split holds one class; no hybrid (its stacker is fitted on validation)")
     metrics = {name: m for name, (m, _) in fitted.items()}
