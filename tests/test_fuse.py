@@ -36,7 +36,7 @@ def tables(spark):
         ("c", dt.datetime(2020, 6, 1), "purchase", "i1", 10.0, 1.0, None, "o5"),     # after the horizon
         ("d", dt.datetime(2020, 3, 5), "purchase", "i1", 10.0, 1.0, None, "o6"),     # new user after cutoff
     ])
-    users = spark.createDataFrame([("a", 30, "F", "Leeds", None), ("b", None, "U", None, None)], schema.USERS)
+    users = spark.createDataFrame([("a", 30, "F", "Leeds", None, {}), ("b", None, "U", None, None, {})], schema.USERS)
     items = spark.createDataFrame([("i1", "Red Mug", None, None, 10.0, None), ("i2", "Blue Pot", None, None, 5.0, None)],
                                   schema.ITEMS)
     return events, users, items
@@ -171,7 +171,7 @@ def hourly_tables(spark):
         ("n", dt.datetime(2019, 10, 1, 2, 32, 1), "purchase", "i1", 10.0, 1.0, None, "s5"),  # first seen after the cutoff
     ])
     # As for sources without a users file, the users table lists every user of the events, "n" included.
-    users = spark.createDataFrame([(u, None, "U", None, None) for u in ("a", "b", "c", "n")], schema.USERS)
+    users = spark.createDataFrame([(u, None, "U", None, None, {}) for u in ("a", "b", "c", "n")], schema.USERS)
     items = spark.createDataFrame([("i1", "Red Mug", None, None, 10.0, None), ("i2", "Blue Pot", None, None, 5.0, None)],
                                   schema.ITEMS)
     return events, users, items

@@ -775,6 +775,7 @@ def jdata_oracle(folder: Path) -> dict:
         "items": {"input": len(products), "clean": len({p["sku_id"] for p in products}), "quarantined": {}},
     }
     summary["listed_users"] = {u["user_id"]: (JDATA_AGES.get(u["age"]), JDATA_SEXES[u["sex"]], u["user_reg_tm"]) for u in listed}
+    summary["listed_levels"] = {u["user_id"]: u["user_lv_cd"].strip() for u in listed}
     summary["users_table"] = len(listed_ids | active)
     summary["users_without_events"] = len(listed_ids - active)
     summary["items_table"] = len({p["sku_id"] for p in products} | set(accepted["item"]))
@@ -940,6 +941,10 @@ def test_jdata_users_and_items_from_their_own_files(jdata_run, jdata_side, jdata
                   .replace(tzinfo=None)) for uid, (age, sex, day) in oracle["listed_users"].items()}
     assert got == want
     assert got["200001"] == (60, "U", dt.datetime(2016, 1, 25, 16))  # 56岁以上, sex 2, registered 2016-01-26
+    # user_lv_cd, the membership level, is the preset's categorical `user_level` attribute.
+    levels = {r["user_id"]: dict(r["attributes"]) for r in listed_users.collect()}
+    assert levels == {uid: {"user_level": level} for uid, level in oracle["listed_levels"].items()}
+    assert set(oracle["listed_levels"].values()) == {"1", "2", "3", "4", "5"}
     # A listed user with events keeps the list's attributes in the combined table.
     active_listed = users.join(events.select("user_id").distinct(), "user_id").join(listed_users.select("user_id"), "user_id")
     assert active_listed.count() == oracle["listed_active_users"]

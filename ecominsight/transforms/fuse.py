@@ -193,8 +193,9 @@ def user_behaviour_text(events: DataFrame, items: DataFrame, *, as_of: AsOf | No
     return behaviour_text(lists, as_of=as_of, max_events=max_events)
 
 
-def _extra_attributes(users: DataFrame) -> Column:
-    """The users' extra `attributes` map; an empty one for a users table written before it existed."""
+def extra_attributes(users: DataFrame) -> Column:
+    """The users' extra `attributes` map (an empty one where null, and for a users table written
+    before it existed)."""
     if "attributes" in users.columns:
         return F.coalesce(F.col("attributes"), F.create_map().cast("map<string,string>"))
     return F.create_map().cast("map<string,string>")
@@ -210,7 +211,7 @@ def attribute_text(users: DataFrame) -> DataFrame:
         F.when(known_gender, F.concat(F.lit("gender "), F.col("gender"))),
         F.when(F.col("region").isNotNull(), F.concat(F.lit("region "), F.col("region"))),
         # map_entries sorted: by name (names are unique), so the order is the same for every user.
-        F.transform(F.array_sort(F.map_entries(_extra_attributes(users))),
+        F.transform(F.array_sort(F.map_entries(extra_attributes(users))),
                     lambda e: F.concat(e["key"], F.lit(" "), e["value"])),
     ]
     return users.select("user_id", F.concat_ws(" | ", *parts).alias("attribute_text"))
@@ -223,7 +224,7 @@ def attribute_features(users: DataFrame, *, kinds: Mapping[str, str]) -> DataFra
     `attribute_kinds()`; a name it does not list counts as categorical). Output: user_id,
     `numeric_attributes` (map<string,double>: age and the numeric extras) and `categorical_attributes`
     (map<string,string>: gender unless U, region and the categorical extras); unknown values are absent."""
-    extras = _extra_attributes(users)
+    extras = extra_attributes(users)
     numeric_kind = {**kinds, **CANONICAL_ATTRIBUTE_KINDS}
     numeric_names = F.array(*[F.lit(name) for name, kind in sorted(numeric_kind.items()) if kind == NUMERIC])
     canonical = F.map_from_entries(F.filter(F.array(
