@@ -12,6 +12,12 @@ champion is the model with the best validation ROC-AUC. Per data set the results
 `champion` and give `champion_vs_best_baseline`: the champion's test ROC-AUC minus that of the better
 of LR and GBT on test, with a paired bootstrap 95% interval over test users (computed by the train
 stage once the champion is chosen).
+
+Cost, per model (`train_cpu_s`, `train_wall_s`, `score_users_per_s`): a CPU meter (cpu_meter.py) samples
+this process tree during train (the JVM, its Python workers, the TorchDistributor ranks) and each
+model's fit window (recorded by the train stage) gives its CPU-seconds; then the score stage runs once
+per model on every current user (full mode, no explanations) and its users per wall second are the
+scoring cost, read, write and model load included. `--render-costs` prints that table.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from ecominsight.io import Lake
 from ecominsight.logs import setup_logging
 from ecominsight.session import spark_session
 from ecominsight.stages import run_stage
+
+from cpu_meter import CpuMeter  # benchmarks/ is the script's own folder, first on sys.path
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
@@ -110,6 +118,27 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def cost_table(results: dict) -> str:
+    """Per data set and model: training CPU-seconds and wall seconds, scoring users/s, test ROC-AUC."""
+    lines = ["| data set | model | training CPU-s | training wall s | scoring users/s (whole stage) | test ROC-AUC |",
+             "|---|---|---|---|---|---|"]
+    for name, models in results.items():
+        for model in (m for m in MODELS if m in models and "train_cpu_s" in models[m]):
+            m = models[model]
+            lines.append(f"| {name} | {model} | {m['train_cpu_s']:.0f} | {m['train_wall_s']:.0f} | "
+                         f"{m['score_users_per_s']:.1f} | {m['roc_auc']:.3f} |")
+    return "\n".join(lines)
+
+
+def scoring_cost(spark: SparkSession, overrides: list[str], model: str, run_id: str) -> float:
+    """Users per wall second of one score-stage run with `model` on every current user (full mode, no
+    explanations): read, repartition, model load, the pass and the write."""
+    config = load_config("local", [*overrides, f"score.model={model}", "score.mode=full", "insights.explain.max_users=0"])
+    started = time.perf_counter()
+    result = run_stage("score", spark, config, Lake(config.lake_path), run_id)["score"]
+    return result.users_scored / (time.perf_counter() - started)
+
+
 def model_benchmark_session(app_name: str) -> ContextManager[SparkSession]:
     """Logging, the offline hub and the local[2] session that every model benchmark runs in, for a
     `with` block."""
@@ -123,14 +152,16 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--planted-users", type=int, default=800)
     parser.add_argument("--render-only", action="store_true", help="print the markdown table of the saved results")
+    parser.add_argument("--render-costs", action="store_true", help="print the cost table of the saved results")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the results file (a trial run: elsewhere)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="extra config overrides for every data set (e.g. train.transformer.epochs=3)")
     args = parser.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    if args.render_only:
-        print(markdown_table(results))
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if args.render_only or args.render_costs:
+        print(cost_table(results) if args.render_costs else markdown_table(results))
         return
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with model_benchmark_session("ecominsight-quality") as spark:
         for name in args.datasets:
             overrides = [f"lake={WORK / name / 'lake'}", *DATASETS[name], *args.overrides]
@@ -148,18 +179,26 @@ def main() -> None:
                 results[name] = {"_meta": {"skipped": f"{test['positives'] or 0} positives among {test['users']} test users "
                                                       f"(fewer than {MIN_TEST_POSITIVES}); users/positives by split: {by_split}",
                                            "overrides": overrides, "training_users_by_split": by_split}}
-                RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True))
+                args.out.write_text(json.dumps(results, indent=2, sort_keys=True))
                 logging.info("%s: skipped, %s", name, results[name]["_meta"]["skipped"])
                 continue
-            summary["train"] = run_stage("train", spark, config, Lake(config.lake_path), f"quality-{name}")["train"].to_dict()
+            with CpuMeter() as meter:
+                summary["train"] = run_stage("train", spark, config, Lake(config.lake_path), f"quality-{name}")["train"].to_dict()
             trained = [model for model in MODELS if model in summary["train"]]
             results[name] = {model: {**{key: summary["train"][model]["test"].get(key) for key in REPORTED},
                                      "valid_roc_auc": summary["train"][model]["valid"]["roc_auc"],
                                      "n_test": summary["train"][model]["test"]["n"]} for model in trained}
+            for model in trained:
+                cost = summary["train"][model]["cost"]
+                results[name][model].update(
+                    train_wall_s=cost["fit_seconds"],
+                    train_cpu_s=meter.cpu_seconds_between(cost["fit_started_at"], cost["fit_started_at"] + cost["fit_seconds"]),
+                    score_users_per_s=scoring_cost(spark, overrides, model, f"quality-{name}-score-{model}"))
             champion = summary["train"]["champion"]
             results[name]["champion"] = champion["model"]
             results[name]["champion_vs_best_baseline"] = champion["champion_vs_best_baseline"]
             results[name]["_meta"] = {"seconds": round(time.perf_counter() - started, 1), "overrides": overrides,
+                                      "load_average_1m_at_end": os.getloadavg()[0],
                                       "transformer_best_epoch": summary["train"]["transformer"]["best_epoch"],
                                       # LR and GBT always fit the whole train split; the transformer may be capped
                                       "transformer_n_train": summary["train"]["transformer"]["n_train"],
@@ -169,7 +208,7 @@ def main() -> None:
                                       "training_users_by_split": summary["fuse"]["training_users_by_split"],
                                       "champion_reason": champion["reason"],
                                       "hybrid_stacker": summary["train"].get("hybrid", {}).get("stacker")}
-            RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True))
+            args.out.write_text(json.dumps(results, indent=2, sort_keys=True))
             logging.info("%s: %s; champion %s, vs best baseline %s", name, {m: results[name][m]["roc_auc"] for m in trained},
                          champion["model"], champion["champion_vs_best_baseline"])
     print(markdown_table(results))

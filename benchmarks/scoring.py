@@ -1,13 +1,17 @@
 """Scoring throughput: a plain PyTorch loop vs ecominsight's predict_batch_udf on local[2] vs Ray Data,
-the machine's FP32 GEMM ceiling, and what length-bucketing, dynamic int8 and ONNX Runtime buy.
+the machine's FP32 GEMM ceiling, what length-bucketing, dynamic int8 and ONNX Runtime buy, and the
+whole score stage end to end against the plain loop on the same users.
 
     ./submit.sh pipeline                                   # a trained model in ./lake first
     .venv/bin/pip install 'ray[data]==2.60.0'              # the peer, for the benchmark only (else skipped)
     .venv/bin/python benchmarks/scoring.py --lake lake --users 2000
 
 Users are the lake's `features/current_sequences` rows, repeated until there are `--users` of them
-(real sequence lengths). Accuracy costs are measured on the lake's test split. Results go to
-benchmarks/results/scoring.json.
+(real sequence lengths). Accuracy costs are measured on the lake's test split: each compressed
+option's ROC-AUC minus fp32's on the same test users, with a paired bootstrap 95% interval, judged by
+COMPRESSION_RULE only where the split holds at least MIN_TEST_USERS users (a Ta-Feng lake does;
+the bundled sample's 65 do not). The score stage (transformer, full mode) runs on the lake itself and
+publishes new score versions there. Results go to benchmarks/results/scoring.json.
 """
 
 from __future__ import annotations
@@ -28,6 +32,38 @@ from ecominsight.logs import setup_logging
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RESULTS = Path(__file__).resolve().parent / "results" / "scoring.json"
 log = logging.getLogger("benchmarks.scoring")
+# An option is offered only if it is at least this much faster and its ROC-AUC moves at most this much,
+# with the paired 95% interval inside +-interval (issue 19), judged on at least MIN_TEST_USERS users.
+COMPRESSION_RULE = {"min_speedup": 1.3, "max_abs_auc_delta": 0.005, "max_abs_ci": 0.01}
+MIN_TEST_USERS = 4000
+
+
+def compression_verdict(speedup: float, comparison: dict, n_test: int) -> str:
+    """`meets the rule`, `fails the rule: <why>`, or `not judged: <why>` for one compressed option."""
+    if n_test < MIN_TEST_USERS:
+        return f"not judged: {n_test} test users (the rule needs {MIN_TEST_USERS})"
+    delta, (low, high) = comparison["delta"], comparison["ci"]
+    failures = [text for failed, text in (
+        (speedup < COMPRESSION_RULE["min_speedup"], f"speed-up {speedup:.2f} < {COMPRESSION_RULE['min_speedup']}"),
+        (abs(delta) > COMPRESSION_RULE["max_abs_auc_delta"], f"|AUC delta| {abs(delta):.4f} > {COMPRESSION_RULE['max_abs_auc_delta']}"),
+        (max(abs(low), abs(high)) > COMPRESSION_RULE["max_abs_ci"],
+         f"interval [{low:+.4f}, {high:+.4f}] leaves +-{COMPRESSION_RULE['max_abs_ci']}"),
+    ) if failed]
+    return "fails the rule: " + "; ".join(failures) if failures else "meets the rule"
+
+
+def score_stage_seconds(spark, lake_root: str, run_id: str) -> tuple[float, int]:
+    """Wall seconds and users of one `ecominsight score` run in this session (read, repartition,
+    sort, model load in the Python workers, the UDF pass, explanations, the write and the manifest),
+    with the transformer in full mode, as a user runs it."""
+    from ecominsight.config import load_config
+    from ecominsight.io import Lake
+    from ecominsight.stages import run_stage
+
+    config = load_config("local", [f"lake={lake_root}", "score.model=transformer", "score.mode=full"])
+    started = time.perf_counter()
+    result = run_stage("score", spark, config, Lake(config.lake_path), run_id)["score"]
+    return time.perf_counter() - started, result.users_scored
 
 
 def gemm_gflops(threads: int, size: int = 1024, repeats: int = 20) -> float:
@@ -176,14 +212,14 @@ def main() -> None:
     parser.add_argument("--lake", default="lake")
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the results go (a trial run: elsewhere)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="rounds of every timed pass, interleaved; each figure is its fastest round")
     args = parser.parse_args()
     setup_logging()
-    from sklearn.metrics import roc_auc_score
-
     from ecominsight.catalog import CURRENT_SEQUENCES, USER_SEQUENCES
     from ecominsight.io import Lake
+    from ecominsight.models.champion import paired_bootstrap_difference
     from ecominsight.models.classifier import load_classifier
     from ecominsight.models.registry import resolve_version
 
@@ -213,6 +249,10 @@ def main() -> None:
             "unbucketed": lambda: plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2, bucket=False),
             "int8": lambda: plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2, precision="int8"),
             "onnx": lambda: plain_loop(model_dir, frame, batch_size=args.batch_size, threads=2, precision="onnx"),
+            # The same users as the stage scores (the lake's current users, not repeated): the model
+            # load is the stage's, not the loop's, so the difference is the stage's whole overhead.
+            "plain_current_users": lambda: plain_loop(model_dir, current, batch_size=args.batch_size, threads=2),
+            "score_stage": lambda: score_stage_seconds(session, str(lake.root), f"bench-score-{len(rounds['score_stage'])}"),
         }
         rounds: dict[str, list] = {name: [] for name in passes}
         for round_number in range(args.repeats):
@@ -232,16 +272,22 @@ def main() -> None:
     ray = ray_scoring(model_dir, frame, batch_size=args.batch_size)
     unbucketed, unbucketed_p = fastest("unbucketed")
     _, test_fp32 = plain_loop(model_dir, test, batch_size=args.batch_size, threads=2)
-    auc_fp32 = roc_auc_score(test["label"], test_fp32)
-    options = {"length_bucketing": {"speedup": unbucketed / one_process, "auc_delta": 0.0,
+    options = {"length_bucketing": {"speedup": unbucketed / one_process, "auc_delta": 0.0, "n_test": len(test),
                                     "max_prob_delta": float(np.abs(unbucketed_p - reference).max())}}
     for name, precision in (("int8_dynamic", "int8"), ("onnx", "onnx")):
         seconds, probabilities = fastest(precision)
         _, test_p = plain_loop(model_dir, test, batch_size=args.batch_size, threads=2, precision=precision)
-        options[name] = {"speedup": one_process / seconds,
-                         "auc_delta": float(roc_auc_score(test["label"], test_p) - auc_fp32),
-                         "max_prob_delta": float(np.abs(probabilities - reference).max())}
+        comparison = paired_bootstrap_difference(test["label"], test_p, test_fp32)
+        options[name] = {"speedup": one_process / seconds, "n_test": len(test),
+                         "auc_delta": comparison["delta"], "auc_delta_ci": comparison["ci"],
+                         "max_prob_delta": float(np.abs(probabilities - reference).max()),
+                         "max_test_prob_delta": float(np.abs(test_p - test_fp32).max()),
+                         "verdict": compression_verdict(one_process / seconds, comparison, len(test))}
     options["onnx"]["spark_speedup"] = spark / spark_onnx
+    # bf16 needs a GPU here (ScoreConfig.precision): benchmarks/gpu_scoring.py measures it there.
+    options["bf16"] = {"verdict": "not judged: GPU only (benchmarks/gpu_scoring.py)"}
+    stage_seconds, stage_users = min(rounds["score_stage"])
+    plain_current, _ = fastest("plain_current_users")
     # FLOPs of the padded batches actually run (bucketed), averaged per sequence.
     padded = padded_tokens(model_dir, frame, batch_size=args.batch_size)
     flops = encoder_flops(model.encoder.config, padded / len(frame)) * len(frame)
@@ -251,6 +297,11 @@ def main() -> None:
         "plain_users_per_s": len(frame) / plain, "spark_users_per_s": len(frame) / spark,
         "spark_users_per_s_per_core": len(frame) / spark / 2, "spark_overhead_ratio": spark / plain,
         "spark_previous_setting_overhead_ratio": spark_previous / plain, "spark_onnx_users_per_s": len(frame) / spark_onnx,
+        # The whole stage on the lake's current users against the plain loop (2 threads) on the same users.
+        "score_stage_users": stage_users, "score_stage_s": stage_seconds,
+        "score_stage_users_per_s": stage_users / stage_seconds, "plain_current_users_s": plain_current,
+        "score_stage_overhead_ratio": stage_seconds / plain_current,
+        "compression_rule": {**COMPRESSION_RULE, "min_test_users": MIN_TEST_USERS},
         "repeats": args.repeats, "round_seconds": {name: [r[0] if isinstance(r, tuple) else r for r in results]
                                                    for name, results in rounds.items()},
         "gemm_gflops_2_threads": ceiling, "model_gflop_per_user": flops / len(frame) / 1e9,
@@ -261,8 +312,8 @@ def main() -> None:
         "ray_max_prob_delta": float(np.abs(ray["probabilities"] - reference).max()) if ray else None,
         "load_average_1m_at_end": os.getloadavg()[0],
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, sort_keys=True))
     log.info("%s", json.dumps(results, indent=2, sort_keys=True))
 
 

@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 
 from ecominsight import schema
 from ecominsight.presets import WindowSpec
-from ecominsight.transforms.clean import outside_window
+from ecominsight.transforms.clean import UNPARSED_ATTRIBUTES, outside_window
 
 # The canonical columns whose null rate each table reports (the rest are constants such as `source`).
 PROFILED = {
@@ -33,15 +33,22 @@ def _utc_text(value: dt.datetime | None) -> str | None:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else None
 
 
-def table_profile(tagged: DataFrame, *, columns: Sequence[str], window: WindowSpec | None = None) -> dict[str, Any]:
+def table_profile(tagged: DataFrame, *, columns: Sequence[str], window: WindowSpec | None = None,
+                  attributes: Sequence[str] = ()) -> dict[str, Any]:
     """Input: a tagged table (one row per input row, `reason` null where accepted). Output: a dict
     with `input_rows`, `clean_rows`, `quarantined_rows`, `rows_by_reason`, `null_rates` (of the
     accepted rows, per column in `columns`), `duplicate_rate` (duplicates / input rows) and, when
     the table has `ts`, `time_range` of the accepted rows and, given a `window` (a preset's WindowSpec),
-    `window.rows_outside`: rows of any reason whose parsed time falls outside it. One Spark action."""
+    `window.rows_outside`: rows of any reason whose parsed time falls outside it. Given the names of
+    the extra user `attributes` the table maps, `attributes`: per name, the null rate of the accepted
+    rows and `unparsed`, the accepted rows whose numeric value was given but is no number (left out
+    of the `attributes` map, as an unreadable age is nulled). One Spark action."""
     has_ts = "ts" in tagged.columns
     aggregates = [F.count(F.lit(1)).alias("rows")]
     aggregates += [F.sum(F.col(f"`{c}`").isNull().cast("long")).alias(f"null:{c}") for c in columns]
+    for name in attributes:
+        aggregates += [F.sum(F.col("attributes")[name].isNull().cast("long")).alias(f"null_attribute:{name}"),
+                       F.sum(F.array_contains(UNPARSED_ATTRIBUTES, name).cast("long")).alias(f"unparsed:{name}")]
     if has_ts:
         aggregates += [F.min("ts").alias("ts_min"), F.max("ts").alias("ts_max")]
         if window is not None:
@@ -60,6 +67,10 @@ def table_profile(tagged: DataFrame, *, columns: Sequence[str], window: WindowSp
         "null_rates": {c: (accepted[f"null:{c}"] / n_clean if accepted else None) for c in columns},
         "duplicate_rate": by_reason.get(schema.REASON_DUPLICATE, 0) / n_input if n_input else 0.0,
     }
+    if attributes:
+        profile["attributes"] = {name: {"null_rate": accepted[f"null_attribute:{name}"] / n_clean if accepted else None,
+                                        "unparsed": accepted[f"unparsed:{name}"] if accepted else 0}
+                                 for name in attributes}
     if has_ts:
         profile["time_range"] = {"min": _utc_text(accepted["ts_min"]) if accepted else None,
                                  "max": _utc_text(accepted["ts_max"]) if accepted else None}

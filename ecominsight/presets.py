@@ -7,6 +7,7 @@ and README.md ("Source presets") for every key.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,7 +16,7 @@ import yaml
 
 from ecominsight.config import DEFAULT_CONF_DIR, PROJECT_ROOT
 from ecominsight.errors import ConfigError
-from ecominsight.schema import ITEMS
+from ecominsight.schema import ATTRIBUTE_KINDS, ITEMS, NUMERIC_FEATURES, USERS
 from ecominsight.schema import USER_ATTRIBUTES as USER_FIELDS
 from ecominsight.validation import build, rule
 
@@ -26,9 +27,14 @@ EVENT_FIELDS = (
 USER_SOURCE_FIELDS = ("user_id", *USER_FIELDS)
 ITEM_FIELDS = tuple(ITEMS.fieldNames())
 REVIEW_FIELDS = ("user_id", "item_id", "rating", "text")
-# What a preset may tag as personal: the canonical user attributes that reach the output tables.
-# The user id is never listed: it is always pseudonymised (ecominsight/privacy.py).
+# What a preset may tag as personal: the canonical user attributes that reach the output tables, and
+# the names of its own `user_attributes`. The user id is never listed: it is always pseudonymised
+# (ecominsight/privacy.py).
 PERSONAL_FIELDS = USER_FIELDS
+ATTRIBUTE_NAME = (r"[a-z][a-z0-9_]*", "lower-case letters, digits and _, starting with a letter")
+# An extra attribute may not take the name of a users column or of a fused numeric feature: the text,
+# the baselines' feature names and `personal` name them side by side.
+RESERVED_ATTRIBUTE_NAMES = (*USERS.fieldNames(), *NUMERIC_FEATURES)
 FORMATS = ("csv", "parquet", "json", "text")
 PACKAGE_PREFIX = "package:"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -48,6 +54,27 @@ class TimestampSpec:
     format: str | tuple[str, ...] = field(default="yyyy-MM-dd HH:mm:ss", metadata=rule(non_empty=True))
     zone: str = "UTC"  # zone of naive wall-clock strings; ignored for Unix units
     value: str | None = None
+
+
+def _attribute_names(attributes: Mapping[str, Any], key: str) -> None:
+    """`user_attributes` names: lower-case identifiers that are no canonical field."""
+    for name in attributes:
+        if not re.fullmatch(ATTRIBUTE_NAME[0], name):
+            raise ConfigError(f"{key}.{name}: an attribute name must be {ATTRIBUTE_NAME[1]}")
+        if name in RESERVED_ATTRIBUTE_NAMES:
+            raise ConfigError(f"{key}.{name}: {name!r} is a canonical field name; give the attribute another name")
+
+
+@dataclass(frozen=True)
+class UserAttribute:
+    """An extra user attribute: its raw `column` (or `expr:<Spark SQL>`) and its `kind`: `categorical`
+    (a label: one-hot in the baselines) or `numeric` (a number: a value and a missing flag)."""
+
+    column: str = field(metadata=rule(non_empty=True))
+    kind: str = field(metadata=rule(choices=ATTRIBUTE_KINDS))
+
+
+_USER_ATTRIBUTES = rule(check=_attribute_names)
 
 
 @dataclass(frozen=True)
@@ -108,6 +135,7 @@ class TableSource(_Inputs):
     timestamp: TimestampSpec | None = None  # user_source only: the signup time
     age_values: dict[str, int] = field(default_factory=dict)
     gender_values: dict[str, str] = field(default_factory=dict)
+    user_attributes: dict[str, UserAttribute] = field(default_factory=dict, metadata=_USER_ATTRIBUTES)  # user_source only
     base_dir: str = str(PROJECT_ROOT)
 
 
@@ -128,6 +156,8 @@ class Preset(_Inputs):
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
     event_types: dict[str, str] = field(default_factory=dict)
     users: dict[str, str] = field(default_factory=dict)
+    # Extra user attributes on the event rows, name -> UserAttribute (a user_source takes its own).
+    user_attributes: dict[str, UserAttribute] = field(default_factory=dict, metadata=_USER_ATTRIBUTES)
     gender_values: dict[str, str] = field(default_factory=dict)
     age_values: dict[str, int] = field(default_factory=dict)  # raw age (bucket) -> age in years
     label: str | None = None
@@ -136,16 +166,23 @@ class Preset(_Inputs):
     user_source: TableSource | None = None
     item_source: TableSource | None = None
     reviews: dict[str, str] = field(default_factory=dict)  # canonical review field -> raw column
-    # Canonical user attributes that are personal data for this source: dropped from every output table.
-    personal: tuple[str, ...] = field(default=(), metadata=rule(choices=PERSONAL_FIELDS))
+    # User attributes (canonical, or `user_attributes` names) that are personal data for this source:
+    # dropped from every output table. Checked against the attribute names in `_check_personal`.
+    personal: tuple[str, ...] = ()
     base_dir: str = str(PROJECT_ROOT)
+
+    def attribute_kinds(self) -> dict[str, str]:
+        """Every extra user attribute (the event rows' and the user list's) -> its kind."""
+        side = self.user_source.user_attributes if self.user_source is not None else {}
+        return {name: spec.kind for name, spec in sorted({**self.user_attributes, **side}.items())}
 
 
 # Each side source: the table it feeds, the canonical fields it maps, its raw-value maps, and the
 # keys it does not take (only a user list has a signup time and raw age and gender values).
 _SIDES: dict[str, tuple[str, tuple[str, ...], dict[str, type], dict[str, Any]]] = {
     "user_source": ("users", USER_SOURCE_FIELDS, {"age_values": int, "gender_values": str}, {}),
-    "item_source": ("items", ITEM_FIELDS, {}, {"timestamp": None, "age_values": {}, "gender_values": {}}),
+    "item_source": ("items", ITEM_FIELDS, {}, {"timestamp": None, "age_values": {}, "gender_values": {},
+                                               "user_attributes": {}}),
 }
 # The preset's own maps: canonical field -> raw column (with the fields it needs), raw value -> canonical.
 _FIELD_MAPS = {"events": (EVENT_FIELDS, ("user_id", "event_type")), "users": (USER_FIELDS, ()),
@@ -195,8 +232,25 @@ def _parse(raw: Any, base_dir: str) -> Preset:
     _check_timestamp(preset.timestamp, "timestamp")
     if preset.reviews and not {"user_id", "item_id"} <= set(preset.reviews):
         raise ConfigError("reviews needs user_id and item_id")
-    return dataclasses.replace(preset, **{key: _side_source(section, key, preset.name, base_dir)
-                                          for key, section in sides.items()})
+    preset = dataclasses.replace(preset, **{key: _side_source(section, key, preset.name, base_dir)
+                                            for key, section in sides.items()})
+    _check_attributes(preset)
+    return preset
+
+
+def _check_attributes(preset: Preset) -> None:
+    """An attribute mapped on the event rows and in the user list has one kind; `personal` names
+    canonical user attributes or the preset's own."""
+    side = preset.user_source.user_attributes if preset.user_source is not None else {}
+    for name in sorted(set(preset.user_attributes) & set(side)):
+        if preset.user_attributes[name].kind != side[name].kind:
+            raise ConfigError(f"user_attributes.{name} is {preset.user_attributes[name].kind} but "
+                              f"user_source.user_attributes.{name} is {side[name].kind}; give it one kind")
+    allowed = (*PERSONAL_FIELDS, *preset.attribute_kinds())
+    for i, name in enumerate(preset.personal):
+        if name not in allowed:
+            raise ConfigError(f"personal[{i}]: {name!r} is not one of {', '.join(PERSONAL_FIELDS)} "
+                              f"or a user_attributes name ({', '.join(preset.attribute_kinds()) or 'none mapped'})")
 
 
 def _side_source(section: Any, key: str, preset: str, base_dir: str) -> TableSource:

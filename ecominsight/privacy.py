@@ -81,6 +81,11 @@ def pseudonymise(frame: DataFrame, key: bytes, *, column: str = "user_id") -> Da
 
 
 def drop_personal(frame: DataFrame, personal: Sequence[str]) -> DataFrame:
-    """`frame` without the columns the source preset tags as personal (those it has)."""
+    """`frame` without the columns the source preset tags as personal (those it has), and without
+    the personal extra attributes (`user_attributes` names) in its `attributes` map."""
     present = [name for name in personal if name in frame.columns]
-    return frame.drop(*present) if present else frame
+    out = frame.drop(*present) if present else frame
+    if "attributes" in out.columns and personal:
+        listed = F.array(*[F.lit(name) for name in personal])
+        out = out.withColumn("attributes", F.map_filter("attributes", lambda name, _: ~F.array_contains(listed, name)))
+    return out

@@ -276,7 +276,7 @@ def _section_models(data: dict, k: int) -> str:
         test = metrics.get("test", {})
         rows.append((name + (" (scores the users)" if name == scored_with else ""), version, test.get("n"),
                      test.get("positive_rate"), metrics.get("valid", {}).get("roc_auc"), test.get("roc_auc"),
-                     test.get("avg_precision"), test.get("brier")))
+                     test.get("avg_precision"), test.get("brier"), (metrics.get("cost") or {}).get("fit_seconds")))
         n, rate = test.get("n") or 0, test.get("positive_rate") or 0.0
         positives, negatives = round(n * rate), n - round(n * rate)
         if min(positives, negatives) < k:
@@ -299,9 +299,10 @@ def _section_models(data: dict, k: int) -> str:
                              f"({len(deciles)} buckets shown).")
     parts = [_champion_note(data.get("champion")),
              _note("Validation ROC-AUC (what the champion is chosen by) and the test split of each model (the split no "
-                   "model was tuned or chosen on)."),
+                   "model was tuned or chosen on); training seconds are wall time on this run's compute (the hybrid's "
+                   "are its stacker's, on top of its components')."),
              _table(("model", "version", "test users", "positive rate", "valid ROC-AUC", "test ROC-AUC",
-                     "avg precision", "Brier"), rows)]
+                     "avg precision", "Brier", "training s"), rows)]
     if roc:
         parts.append(line_plot("ROC curve (test)", "false positive rate", "true positive rate", roc, diagonal=True, step=True))
         parts.append(line_plot("Precision-recall curve (test)", "recall", "precision", pr, step=True))

@@ -8,6 +8,11 @@ from __future__ import annotations
 from pyspark.sql import types as T
 
 USER_ATTRIBUTES = ("age", "gender", "region")
+# Extra user attributes a preset maps (`user_attributes`): a categorical one is a label, a numeric one a number.
+ATTRIBUTE_KINDS = ("categorical", "numeric")
+CATEGORICAL, NUMERIC = ATTRIBUTE_KINDS
+# The kinds of the canonical attributes, as the fused tables and the baselines treat them.
+CANONICAL_ATTRIBUTE_KINDS = {"age": NUMERIC, "gender": CATEGORICAL, "region": CATEGORICAL}
 EVENT_TYPES = ("view", "search", "cart", "remove_cart", "fav", "purchase", "return")
 
 EVENTS = T.StructType([
@@ -31,6 +36,9 @@ USERS = T.StructType([
     T.StructField("gender", T.StringType(), False),
     T.StructField("region", T.StringType(), True),
     T.StructField("signup_ts", T.TimestampType(), True),
+    # The preset's extra attributes (`user_attributes`), name -> value: one column whatever the preset, so
+    # that the table's contract stays fixed. Numbers are written as numbers (`3`, `2.5`); unknown ones are absent.
+    T.StructField("attributes", T.MapType(T.StringType(), T.StringType()), True),
 ])
 
 ITEMS = T.StructType([
@@ -98,6 +106,10 @@ AGGREGATE_FEATURES = (
 )
 TIME_FEATURES = ("recency_days", "purchase_recency_days", "tenure_days", "mean_basket_gap_days")
 NUMERIC_FEATURES = AGGREGATE_FEATURES + TIME_FEATURES
+# The user's static attributes in a fused row, for the baselines: age and the numeric extras as numbers,
+# gender (unless U), region and the categorical extras as labels; an unknown attribute is absent.
+NUMERIC_ATTRIBUTES = "numeric_attributes"  # map<string, double>
+CATEGORICAL_ATTRIBUTES = "categorical_attributes"  # map<string, string>
 SPLITS = ("train", "valid", "test")
 SEQUENCE_SEPARATOR = " ; "
 ATTRIBUTE_SEPARATOR = " [SEP] "  # between the attributes and the behaviour events

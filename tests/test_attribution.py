@@ -28,7 +28,7 @@ def test_fused_texts_split_into_their_events_and_join_back(spark):
         ("a", t + dt.timedelta(hours=2), "purchase", "i1", None, None, 1234.5, 2.0, None, None, "u", t.date()),
         ("b", t, "cart", "i2", None, None, None, None, None, None, "u", t.date()),
     ], schema.EVENTS)
-    users = spark.createDataFrame([("a", 30, "F", "Leeds", None), ("c", 40, "M", None, None)], schema.USERS)
+    users = spark.createDataFrame([("a", 30, "F", "Leeds", None, {}), ("c", 40, "M", None, None, {})], schema.USERS)
     items = spark.createDataFrame([("i1", "red mug", None, None, 10.0, None)], schema.ITEMS)
     fused = fuse.fuse_user_sequences(events, users, items, as_of=dt.date(2020, 3, 2), max_events=8, population="any_event",
                                      labels=None)

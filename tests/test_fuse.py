@@ -36,7 +36,7 @@ def tables(spark):
         ("c", dt.datetime(2020, 6, 1), "purchase", "i1", 10.0, 1.0, None, "o5"),     # after the horizon
         ("d", dt.datetime(2020, 3, 5), "purchase", "i1", 10.0, 1.0, None, "o6"),     # new user after cutoff
     ])
-    users = spark.createDataFrame([("a", 30, "F", "Leeds", None), ("b", None, "U", None, None)], schema.USERS)
+    users = spark.createDataFrame([("a", 30, "F", "Leeds", None, {}), ("b", None, "U", None, None, {})], schema.USERS)
     items = spark.createDataFrame([("i1", "Red Mug", None, None, 10.0, None), ("i2", "Blue Pot", None, None, 5.0, None)],
                                   schema.ITEMS)
     return events, users, items
@@ -171,7 +171,7 @@ def hourly_tables(spark):
         ("n", dt.datetime(2019, 10, 1, 2, 32, 1), "purchase", "i1", 10.0, 1.0, None, "s5"),  # first seen after the cutoff
     ])
     # As for sources without a users file, the users table lists every user of the events, "n" included.
-    users = spark.createDataFrame([(u, None, "U", None, None) for u in ("a", "b", "c", "n")], schema.USERS)
+    users = spark.createDataFrame([(u, None, "U", None, None, {}) for u in ("a", "b", "c", "n")], schema.USERS)
     items = spark.createDataFrame([("i1", "Red Mug", None, None, 10.0, None), ("i2", "Blue Pot", None, None, 5.0, None)],
                                   schema.ITEMS)
     return events, users, items
@@ -253,8 +253,11 @@ def test_item_attributes_fill_the_events_category_and_brand_in_features_and_text
 def test_events_after_the_cutoff_change_no_fused_feature_text_or_label(tables, spark):
     """Leakage, for every column at once: events appended at and after the cutoff (new items, other
     event types, a review, a new user) leave every fused row as it was; events after the label
-    window leave the labels as they were too."""
-    events, users, items = tables
+    window leave the labels as they were too. User attributes are static properties without a time:
+    they ride along in the text and the attribute maps, the same whatever the events."""
+    events, _, items = tables
+    users = spark.createDataFrame([("a", 30, "F", "Leeds", None, {"tier": "gold", "household": "3"}),
+                                   ("b", None, "U", None, None, {"tier": "silver"})], schema.USERS)
     horizon = dt.timedelta(days=30)
     later = events_frame(spark, [
         ("a", dt.datetime(2020, 3, 1), "view", "i9", 99.0, 1.0, None, None),           # at the cutoff instant
@@ -272,7 +275,8 @@ def test_events_after_the_cutoff_change_no_fused_feature_text_or_label(tables, s
     def fused(history, written, labelled_by=None):
         labels = None if labelled_by is None else fuse.point_in_time_labels(labelled_by, cutoff=CUTOFF, horizon=horizon)
         return fuse.fuse_user_sequences(history, users, items, as_of=CUTOFF, max_events=10, population="any_event",
-                                        labels=labels, reviews=written)
+                                        labels=labels, reviews=written,
+                                        attribute_kinds={"tier": "categorical", "household": "numeric"})
 
     # Features and text: any event at or after the cutoff is invisible.
     assertDataFrameEqual(fused(extended, later_reviews), fused(events, reviews))

@@ -55,7 +55,7 @@ def shop(spark):
         ("u6", dt.datetime(2020, 2, 10), "view", "i1", None, None),
         ("u6", dt.datetime(2020, 2, 11), "cart", "i1", 10.0, None),
     ])
-    users = spark.createDataFrame([("u1", 30, "F", "Leeds", None), ("u2", None, "U", None, None)], schema.USERS)
+    users = spark.createDataFrame([("u1", 30, "F", "Leeds", None, {}), ("u2", None, "U", None, None, {})], schema.USERS)
     items = spark.createDataFrame([
         ("i1", "red mug", "kitchen", "acme", 10.0, None),
         ("i2", "blue pot", None, None, 5.0, None),       # no category: its title stands in

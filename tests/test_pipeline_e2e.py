@@ -81,6 +81,19 @@ def test_metrics_are_real_numbers_for_every_model(pipeline_run):
     assert not list(transformer_dir.glob("*.bin")) and not list(transformer_dir.glob("*.pt"))
 
 
+def test_each_fit_records_its_cost_beside_its_metrics(pipeline_run):
+    """Wall seconds and start time of every model's fit, in metrics.json and the train report alike;
+    the fits run one after another, in the stage's order (a CPU meter attributes its samples by them)."""
+    _, _, _, summary = pipeline_run
+    train, windows = summary["train"], []
+    for model in ("lr", "gbt", "transformer", "hybrid"):
+        cost = train.metrics[model]["cost"]
+        assert read_json(Path(train.model_dirs[model]) / "metrics.json")["cost"] == cost
+        assert cost["fit_seconds"] > 0
+        windows.append((cost["fit_started_at"], cost["fit_started_at"] + cost["fit_seconds"]))
+    assert all(end <= next_start + 0.01 for (_, end), (next_start, _) in zip(windows, windows[1:]))
+
+
 def test_the_champion_is_the_best_model_on_validation_and_scores_the_users(pipeline_run):
     spark, _, lake, summary = pipeline_run
     train = summary["train"]

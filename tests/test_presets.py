@@ -775,6 +775,7 @@ def jdata_oracle(folder: Path) -> dict:
         "items": {"input": len(products), "clean": len({p["sku_id"] for p in products}), "quarantined": {}},
     }
     summary["listed_users"] = {u["user_id"]: (JDATA_AGES.get(u["age"]), JDATA_SEXES[u["sex"]], u["user_reg_tm"]) for u in listed}
+    summary["listed_levels"] = {u["user_id"]: u["user_lv_cd"].strip() for u in listed}
     summary["users_table"] = len(listed_ids | active)
     summary["users_without_events"] = len(listed_ids - active)
     summary["items_table"] = len({p["sku_id"] for p in products} | set(accepted["item"]))
@@ -940,6 +941,10 @@ def test_jdata_users_and_items_from_their_own_files(jdata_run, jdata_side, jdata
                   .replace(tzinfo=None)) for uid, (age, sex, day) in oracle["listed_users"].items()}
     assert got == want
     assert got["200001"] == (60, "U", dt.datetime(2016, 1, 25, 16))  # 56岁以上, sex 2, registered 2016-01-26
+    # user_lv_cd, the membership level, is the preset's categorical `user_level` attribute.
+    levels = {r["user_id"]: dict(r["attributes"]) for r in listed_users.collect()}
+    assert levels == {uid: {"user_level": level} for uid, level in oracle["listed_levels"].items()}
+    assert set(oracle["listed_levels"].values()) == {"1", "2", "3", "4", "5"}
     # A listed user with events keeps the list's attributes in the combined table.
     active_listed = users.join(events.select("user_id").distinct(), "user_id").join(listed_users.select("user_id"), "user_id")
     assert active_listed.count() == oracle["listed_active_users"]
@@ -1188,6 +1193,23 @@ def test_amazon_reviews(amazon_reviews, amazon_oracle_result):
      "unknown preset key 'item_source.age_values'"),
     ({"item_source": {"format": "csv", "paths": ["i.csv"], "fields": {"item_id": "i", "user_id": "u"}}},
      "item_source.fields.user_id is not a canonical field"),
+    ({"user_attributes": {"Tier": {"column": "t", "kind": "categorical"}}},
+     "user_attributes.Tier: an attribute name must be lower-case letters, digits and _, starting with a letter"),
+    ({"user_attributes": {"region": {"column": "t", "kind": "categorical"}}},
+     "user_attributes.region: 'region' is a canonical field name"),
+    ({"user_attributes": {"spend": {"column": "t", "kind": "numeric"}}}, "user_attributes.spend: 'spend' is a canonical field name"),
+    ({"user_attributes": {"tier": {"column": "t", "kind": "ordinal"}}},
+     "user_attributes.tier.kind: 'ordinal' is not one of categorical, numeric"),
+    ({"user_attributes": {"tier": {"kind": "numeric"}}}, "user_attributes.tier: missing key 'column'"),
+    ({"user_attributes": {"tier": "t"}}, "user_attributes.tier: expected a mapping, got str 't'"),
+    ({"user_attributes": {"tier": {"column": "t", "kind": "numeric"}},
+      "user_source": {"format": "csv", "paths": ["u.csv"], "fields": {"user_id": "id"},
+                      "user_attributes": {"tier": {"column": "t", "kind": "categorical"}}}},
+     "user_attributes.tier is numeric but user_source.user_attributes.tier is categorical"),
+    ({"item_source": {"format": "csv", "paths": ["i.csv"], "fields": {"item_id": "i"},
+                      "user_attributes": {"tier": {"column": "t", "kind": "categorical"}}}},
+     "unknown preset key 'item_source.user_attributes'"),
+    ({"personal": ["tier"]}, "personal[0]: 'tier' is not one of age, gender, region or a user_attributes name (none mapped)"),
 ])
 def test_preset_errors_name_the_key(change, message):
     from ecominsight.config import ConfigError
@@ -1195,8 +1217,9 @@ def test_preset_errors_name_the_key(change, message):
 
     base = {"name": "p", "format": "csv", "paths": ["x.csv"], "timestamp": {"column": "t"},
             "events": {"user_id": "u", "event_type": "e"}}
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        parse_preset({**base, **change})
+    with pytest.raises(ConfigError, match=re.escape(message)) as raised:
+        parse_preset({**base, **change}, where="conf/sources/p.yaml")
+    assert str(raised.value).startswith("conf/sources/p.yaml: ") and "\n" not in str(raised.value)
 
 
 def test_side_sources_and_format_lists_parse():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from ecominsight import __version__
 from ecominsight.errors import LakeError
@@ -25,7 +26,10 @@ def new_version(fingerprint: str) -> str:
 
 def data_fingerprint(df: DataFrame) -> str:
     """A content hash of a table, order-independent, computed where the data lives."""
-    row = df.select(F.count(F.lit(1)).alias("n"), F.sum(F.xxhash64(*df.columns).cast("decimal(38,0)")).alias("h")).first()
+    # Spark refuses to hash maps (equal maps may hash apart): a map is hashed as its entries sorted by key.
+    hashable = [F.array_sort(F.map_entries(F.col(f"`{f.name}`"))) if isinstance(f.dataType, T.MapType)
+                else F.col(f"`{f.name}`") for f in df.schema.fields]
+    row = df.select(F.count(F.lit(1)).alias("n"), F.sum(F.xxhash64(*hashable).cast("decimal(38,0)")).alias("h")).first()
     return hashlib.sha256(f"{row['n']}:{row['h']}".encode()).hexdigest()
 
 

@@ -16,7 +16,7 @@ from ecominsight.catalog import CLEAN_EVENTS, CLEAN_ITEMS, CLEAN_LABELS, CLEAN_R
 from ecominsight.config import Config
 from ecominsight.errors import AccountingError
 from ecominsight.io import Lake, read_source, staging_area, write_json
-from ecominsight.presets import Preset, load_preset
+from ecominsight.presets import Preset, UserAttribute, load_preset
 from ecominsight.stages.base import StageResult, persisted
 from ecominsight.transforms import clean
 
@@ -46,10 +46,11 @@ def tag_arguments(preset: Preset, run_id: str, table: str = "events") -> dict[st
     if table == "users":
         side = preset.user_source
         return dict(**provenance, field_map=side.fields, age_values=side.age_values, gender_values=side.gender_values,
-                    signup=side.timestamp)
+                    signup=side.timestamp, user_attributes=side.user_attributes)
     if table == "items":
         return dict(**provenance, field_map=preset.item_source.fields)
-    return dict(**provenance, field_map=preset.events, user_field_map=preset.users, label_column=preset.label,
+    return dict(**provenance, field_map=preset.events, user_field_map=preset.users,
+                user_attributes=preset.user_attributes, label_column=preset.label,
                 event_type_map=preset.event_types, timestamp=preset.timestamp, window=preset.window,
                 reject_rules=preset.reject)
 
@@ -79,6 +80,20 @@ def _with_mapped_columns(raw: DataFrame, columns: list[str], source: str) -> Dat
     return clean.mark_missing_columns(raw, columns=columns)
 
 
+def _attribute_columns(attributes: Mapping[str, UserAttribute]) -> dict[str, str]:
+    """The raw columns (or `expr:`) of a preset's extra user attributes, as a field map."""
+    return {name: spec.column for name, spec in attributes.items()}
+
+
+def _warn_unparsed(profiles: Mapping[str, Mapping[str, Any]]) -> None:
+    """A numeric attribute that is not a number is left out (as an unreadable age is): said once per table."""
+    for table, profile in profiles.items():
+        unparsed = {name: figures["unparsed"] for name, figures in profile.get("attributes", {}).items() if figures["unparsed"]}
+        if unparsed:
+            log.warning("clean: %s rows whose numeric user attribute is no number (left out, counted in "
+                        "data_quality.json under tables.%s.attributes): %s", table, table, unparsed)
+
+
 def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> CleanResult:
     """raw files -> clean/* + quarantine/* + reports/<run_id>/{clean,data_quality}.json."""
     preset = load_preset(config.source.preset)
@@ -87,6 +102,7 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> C
     with staging_area(lake.staging_dir()) as stage, ExitStack() as cached:
         raw = _with_mapped_columns(clean.resolve_aliases(read_source(spark, preset, stage(paths)), aliases=preset.aliases),
                                    clean.mapped_columns(preset.events, preset.users, preset.reviews,
+                                                        _attribute_columns(preset.user_attributes),
                                                         extra=[preset.timestamp.column, preset.label]), preset.name)
         inputs = {"events": raw}
         tagged = {"events": clean.mark_duplicates(clean.tag_events(raw, **tag_arguments(preset, run_id)))}
@@ -95,20 +111,26 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> C
         for table, side, tag in (("users", preset.user_source, clean.tag_users), ("items", preset.item_source, clean.tag_items)):
             if side is not None:
                 inputs[table] = _with_mapped_columns(read_source(spark, side, stage(side.resolved_paths())),
-                                                     clean.mapped_columns(side.fields, extra=[side.timestamp and side.timestamp.column]),
+                                                     clean.mapped_columns(side.fields, _attribute_columns(side.user_attributes),
+                                                                          extra=[side.timestamp and side.timestamp.column]),
                                                      f"{preset.name} {table}")
                 tagged[table] = tag(inputs[table], **tag_arguments(preset, run_id, table))
         # On disk, not MEMORY_AND_DISK: in-memory cache blocks ran a 4 GB local JVM out of heap at 25M
         # events (10M with 1.6 GB; smaller partitions did not help); disk blocks stream out batch by batch,
         # and the OS page cache still serves the re-reads from memory where there is room.
         tagged = {table: cached.enter_context(persisted(frame, StorageLevel.DISK_ONLY)) for table, frame in tagged.items()}
+        attributes = {"events": tuple(preset.user_attributes),
+                      "users": tuple(preset.user_source.user_attributes) if preset.user_source else ()}
         profiles = {table: data_quality.table_profile(frame, columns=data_quality.PROFILED[table],
-                                                      window=preset.window if table == "events" else None)
+                                                      window=preset.window if table == "events" else None,
+                                                      attributes=attributes.get(table, ()))
                     for table, frame in tagged.items()}
+        _warn_unparsed(profiles)
         n_raw = raw.count()
         check_accounting({table: n_raw if frame is raw else frame.count() for table, frame in inputs.items()}, profiles)
         events = tagged["events"]
-        users = clean.derive_users(events, gender_values=preset.gender_values, age_values=preset.age_values)
+        users = clean.derive_users(events, gender_values=preset.gender_values, age_values=preset.age_values,
+                                   attributes=tuple(preset.user_attributes))
         items = clean.derive_items(events)
         if "users" in tagged:
             users = clean.combine_users(clean.accepted_rows(tagged["users"], schema.USERS), users)

@@ -17,6 +17,7 @@ from ecominsight.catalog import (
 from ecominsight.config import Config, FuseConfig, parse_cutoff, parse_horizon
 from ecominsight.errors import ConfigError, LakeError, LeakageError
 from ecominsight.io import Lake
+from ecominsight.presets import load_preset
 from ecominsight.stages.base import StageResult, persisted
 from ecominsight.transforms import fuse
 
@@ -60,7 +61,8 @@ def run_fuse(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> Fu
     with persisted(fuse.user_event_lists(events, items, reviews=reviews, review_max_words=settings.review_max_words),
                    StorageLevel.MEMORY_AND_DISK) as event_lists:
         text_sources: dict[str, Any] = dict(max_events=settings.max_events, review_max_words=settings.review_max_words,
-                                            reviews=reviews, event_lists=event_lists)
+                                            reviews=reviews, event_lists=event_lists,
+                                            attribute_kinds=load_preset(config.source.preset).attribute_kinds())
         if settings.label_mode == "given":
             if not lake.exists(CLEAN_LABELS):
                 raise ConfigError("fuse.label_mode=given, but the source preset has no label column (clean/labels is missing)")

@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -21,6 +23,9 @@ from ecominsight.models import transformer
 from ecominsight.models.transformer import CJK_RANGES, TrainSpec
 from ecominsight.schema import NUMERIC_FEATURES
 from ecominsight.stages.base import StageResult
+
+if TYPE_CHECKING:
+    from ecominsight.models.baseline import FeatureSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +54,18 @@ class TrainResult(StageResult):
         return [*lines, f"  champion: {self.champion['model']} ({self.champion['reason']})"]
 
 
-def baseline_pipelines(settings: TrainConfig) -> dict[str, Any]:
-    """The unfitted MLlib baselines by model name, from the train settings."""
+def baseline_pipelines(settings: TrainConfig, features: "FeatureSpec | None" = None) -> dict[str, Any]:
+    """The unfitted MLlib baselines by model name, from the train settings, over `features` (a
+    `baseline.feature_spec` of the training split; the numeric features alone when None)."""
     from ecominsight.models import baseline
 
+    spec = features or baseline.FeatureSpec()
     lr, gbt = settings.logistic_regression, settings.gradient_boosted_trees
     return {
-        LR_MODEL: baseline.logistic_regression_pipeline(reg_param=lr.reg_param, elastic_net_param=lr.elastic_net_param,
-                                                        max_iter=lr.max_iter),
+        LR_MODEL: baseline.logistic_regression_pipeline(features=spec, reg_param=lr.reg_param,
+                                                        elastic_net_param=lr.elastic_net_param, max_iter=lr.max_iter),
         GBT_MODEL: baseline.gradient_boosted_trees_pipeline(
-            max_depth=gbt.max_depth, max_iter=gbt.max_iter, step_size=gbt.step_size,
+            features=spec, max_depth=gbt.max_depth, max_iter=gbt.max_iter, step_size=gbt.step_size,
             subsampling_rate=gbt.subsampling_rate, min_instances_per_node=gbt.min_instances_per_node, seed=gbt.seed),
     }
 
@@ -106,16 +113,33 @@ def _evaluate(predictions: Predictions) -> dict[str, Any]:
     return evaluate_splits(*((predictions[s]["label"], predictions[s]["probability"]) for s in ("valid", "test")))
 
 
-def _fit_baseline(name: str, pipeline, data: DataFrame, lake: Lake, version: str,
+def _with_cost(name: str, lake: Lake, version: str,
+               fit: Callable[[], tuple[dict[str, Any], Predictions]]) -> tuple[dict[str, Any], Predictions]:
+    """Run one model's fit and record what it cost beside its metrics (metrics.json and the returned
+    metrics): `cost.fit_seconds` (wall) and `cost.fit_started_at` (unix time, so that a benchmark's CPU
+    meter can attribute CPU-seconds to the fit). The hybrid's cost is its stacker's alone; its
+    components' costs are theirs."""
+    started_at, clock = time.time(), time.perf_counter()
+    metrics, predictions = fit()
+    cost = {"fit_started_at": started_at, "fit_seconds": round(time.perf_counter() - clock, 3)}
+    metrics_file = lake.model_dir(name, version) / "metrics.json"
+    write_json(metrics_file, {**read_json(metrics_file), "cost": cost})
+    log.info("train: %s fitted in %.1f s", name, cost["fit_seconds"])
+    return {**metrics, "cost": cost}, predictions
+
+
+def _fit_baseline(name: str, pipeline, features: "FeatureSpec", data: DataFrame, lake: Lake, version: str,
                   lineage: dict) -> tuple[dict[str, Any], Predictions]:
-    """Fit an MLlib baseline on the train split, evaluate on valid/test, save model + metrics."""
+    """Fit an MLlib baseline on the train split, evaluate on valid/test, save model (with the
+    FeatureSpec it saw, features.json) + metrics."""
     from ecominsight.models import baseline
 
     model = pipeline.fit(data.filter(F.col("split") == "train"))
     predictions = _split_predictions(baseline.with_probability(model, data, output_col="p"), "p")
-    metrics = {**_evaluate(predictions), **baseline.explain(model)}
+    metrics = {**_evaluate(predictions), **baseline.explain(model, features=features)}
     model_dir = lake.model_dir(name, version)
     model.write().overwrite().save((model_dir / "spark_model").uri)
+    write_json(model_dir / baseline.FEATURES_FILE, {**features.to_dict(), "names": baseline.feature_names(model, features)})
     write_json(model_dir / "metrics.json", metrics)
     write_json(model_dir / "lineage.json", {**lineage, "model": name})
     log.info("train: %s test ROC-AUC %s (95%% CI %s)", name, metrics["test"]["roc_auc"], metrics["test"]["roc_auc_ci"])
@@ -223,13 +247,22 @@ def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> T
 
     from ecominsight.models import champion
 
-    fitted = {name: _fit_baseline(name, pipeline, data, lake, version, lineage)
-              for name, pipeline in baseline_pipelines(config.train).items()}
-    fitted[TRANSFORMER_MODEL] = _train_transformer(config.train.transformer, lake, train_split, lineage)
+    from ecominsight.models import baseline
+
+    features = baseline.feature_spec(train_split)
+    log.info("train: baselines see %d numeric features, numeric attributes %s, categorical attributes %s",
+             len(features.numeric), list(features.numeric_attributes), dict(features.categorical_attributes))
+    fitted = {}
+    for name, pipeline in baseline_pipelines(config.train, features).items():
+        fitted[name] = _with_cost(name, lake, version,
+                                  lambda: _fit_baseline(name, pipeline, features, data, lake, version, lineage))
+    fitted[TRANSFORMER_MODEL] = _with_cost(TRANSFORMER_MODEL, lake, version, lambda: _train_transformer(
+        config.train.transformer, lake, train_split, lineage))
     valid_labels = fitted[LR_MODEL][1]["valid"]["label"]
     if len(set(valid_labels)) == 2:
-        fitted[champion.HYBRID_MODEL] = _train_hybrid({name: p for name, (_, p) in fitted.items()}, lake, lineage,
-                                                      {name: version for name in fitted})
+        components = {name: p for name, (_, p) in fitted.items()}
+        fitted[champion.HYBRID_MODEL] = _with_cost(champion.HYBRID_MODEL, lake, version, lambda: _train_hybrid(
+            components, lake, lineage, {name: version for name in components}))
     else:
         log.warning("train: the validation split holds one class; no hybrid (its stacker is fitted on validation)")
     metrics = {name: m for name, (m, _) in fitted.items()}

@@ -20,7 +20,7 @@ from ecominsight import schema
 from ecominsight.schema import CORRUPT, META_COLUMNS, SOURCE_FILE, SOURCE_LINE
 
 if TYPE_CHECKING:  # the typed preset parts these transforms take (never a whole preset or config)
-    from ecominsight.presets import RejectRule, TimestampSpec, WindowSpec
+    from ecominsight.presets import RejectRule, TimestampSpec, UserAttribute, WindowSpec
 
 HTML_TAG = r"<[^>]*>"
 HTML_ENTITY = r"&(#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);"
@@ -81,6 +81,45 @@ def _number(raw_value: Column) -> tuple[Column, Column]:
     parsed = F.trim(raw_value).try_cast("double")
     value = F.when(~F.isnan(parsed) & (F.abs(parsed) < float("inf")), parsed)
     return value, ~_is_blank(raw_value) & value.isNull()
+
+
+# Beside a tagged table's `attributes`: the names of the numeric attributes given in the row that are no
+# number (nulled, like an unreadable age, and counted in the data-quality report).
+UNPARSED_ATTRIBUTES = "attributes_unparsed"
+ATTRIBUTES_TYPE = "map<string,string>"
+
+
+def _number_text(value: Column) -> Column:
+    """A finite double as text: whole numbers without a fraction (`3`, not `3.0`), others as Spark writes them."""
+    whole = (value == F.floor(value)) & (F.abs(value) < 1e15)
+    return F.when(whole, value.cast("long").cast("string")).otherwise(value.cast("string"))
+
+
+def attribute_values(attributes: Mapping[str, UserAttribute] | None) -> tuple[Column, Column]:
+    """The preset's extra user attributes of a raw row -> (`attributes`: name -> value for the values
+    present, an empty map when none; the names of the numeric ones given but not a number).
+
+    A categorical value is cleaned like any text field; a numeric one must parse as a finite number,
+    else it is left out of the map and its name listed, as an unreadable age becomes null."""
+    values, unparsed = {}, []
+    for name, spec in sorted((attributes or {}).items()):
+        raw_value = _raw_ref(spec.column).cast("string")
+        if spec.kind == schema.NUMERIC:
+            number, bad = _number(raw_value)
+            values[name] = _number_text(number)
+            unparsed.append(F.when(bad, F.lit(name)))
+        else:
+            values[name] = clean_text(raw_value)
+    return attribute_map(values), F.filter(F.array(*unparsed).cast("array<string>"), lambda n: n.isNotNull())
+
+
+def attribute_map(values: Mapping[str, Column]) -> Column:
+    """name -> value (string columns) as a map of the non-null values; an empty map when there are none."""
+    if not values:
+        return F.create_map().cast(ATTRIBUTES_TYPE)
+    entries = F.array(*[F.struct(F.lit(name).alias("key"), value.cast("string").alias("value"))
+                        for name, value in sorted(values.items())])
+    return F.map_from_entries(F.filter(entries, lambda e: e["value"].isNotNull())).cast(ATTRIBUTES_TYPE)
 
 
 def mapped_columns(*field_maps: Mapping[str, str] | None, extra: Sequence[str | None] = ()) -> list[str]:
@@ -219,6 +258,7 @@ def tag_events(
     run_id: str,
     field_map: Mapping[str, str],
     user_field_map: Mapping[str, str] | None = None,
+    user_attributes: Mapping[str, UserAttribute] | None = None,
     label_column: str | None = None,
     event_type_map: Mapping[str, str] | None = None,
     timestamp: TimestampSpec,
@@ -229,7 +269,8 @@ def tag_events(
 
     Input: raw rows (string columns named as in the source, plus `_source_file` and
     optionally `_corrupt_record`/`_source_line`). Output: one row per input row with the canonical
-    event columns, `age_raw`/`gender_raw`/`region_raw`/`label_raw`, `raw` (the original row as JSON
+    event columns, `age_raw`/`gender_raw`/`region_raw`/`label_raw`, `attributes` and
+    `attributes_unparsed` (`attribute_values` of `user_attributes`), `raw` (the original row as JSON
     or text), `source_file`, `source_line`, `source`, `run_id` and `reason` (null for accepted rows).
     """
     def field(name: str) -> Column:
@@ -246,6 +287,7 @@ def tag_events(
     quantity, bad_quantity = _number(field("quantity"))
 
     user_fields = user_field_map or {}
+    attributes, unparsed = attribute_values(user_attributes)
     tagged = raw.select(
         normalize_id(field("user_id")).alias("user_id"),
         ts.alias("ts"),
@@ -264,6 +306,8 @@ def tag_events(
             for name in schema.USER_ATTRIBUTES
         ],
         (_raw_ref(label_column).cast("string") if label_column else F.lit(None).cast("string")).alias("label_raw"),
+        attributes.alias("attributes"),
+        unparsed.alias(UNPARSED_ATTRIBUTES),
         *_provenance(raw),
         (bad_price | bad_quantity).alias("_bad_number"),
         *[F.coalesce(F.expr(rule.when), F.lit(False)).alias(f"_rule_{i}") for i, rule in enumerate(reject_rules)],
@@ -342,23 +386,28 @@ def tag_users(
     age_values: Mapping[str, int] | None = None,
     gender_values: Mapping[str, str] | None = None,
     signup: TimestampSpec | None = None,
+    user_attributes: Mapping[str, UserAttribute] | None = None,
 ) -> DataFrame:
     """Rows of a user list (a `user_source`) -> canonical user columns and a quarantine reason.
 
     Input: raw rows as read_source returns them. Output: one row per input row with `user_id`,
     `age`, `gender`, `region`, `signup_ts` (from `signup`; null when absent or unparseable, which
-    does not reject the user), the provenance columns and `reason`: `malformed_row`,
+    does not reject the user), `attributes` and `attributes_unparsed` (`attribute_values` of
+    `user_attributes`), the provenance columns and `reason`: `malformed_row`,
     `missing_user_id`, or `duplicate` for a repeat of a listed user id (the first copy stays).
     """
     # A signup time is read from its column only: a fixed `value` would date every user alike.
     signup_ts = (parse_timestamp(F.col(f"`{signup.column}`"), unit=signup.unit, fmt=signup.format, zone=signup.zone)
                  if signup is not None and signup.column else F.lit(None).cast("timestamp"))
+    attributes, unparsed = attribute_values(user_attributes)
     tagged = raw.select(
         normalize_id(_field(field_map, "user_id")).alias("user_id"),
         parse_age(_field(field_map, "age"), age_values=age_values).alias("age"),
         parse_gender(_field(field_map, "gender"), gender_values=gender_values).alias("gender"),
         clean_text(_field(field_map, "region")).alias("region"),
         signup_ts.alias("signup_ts"),
+        attributes.alias("attributes"),
+        unparsed.alias(UNPARSED_ATTRIBUTES),
         *_provenance(raw),
     )
     reason = (F.when(F.col("_malformed"), F.lit(schema.REASON_MALFORMED))
@@ -441,17 +490,22 @@ def combine_users(listed: DataFrame, derived: DataFrame) -> DataFrame:
     """Users of a user list and users derived from events -> one row per user (`users` schema).
 
     Attributes come from the list where it knows them (an unknown gender `U` does not count),
-    else from the events; list users without events stay, so that they can be reported and fused.
+    else from the events, extra `attributes` name by name alike; list users without events stay, so
+    that they can be reported and fused.
     """
     def known(frame: DataFrame) -> DataFrame:
         return frame.select("user_id", "age", F.when(F.col("gender") != "U", F.col("gender")).alias("gender"),
-                            "region", "signup_ts")
+                            "region", "signup_ts", F.coalesce("attributes", F.create_map().cast(ATTRIBUTES_TYPE)).alias("attributes"))
 
     joined = known(listed).alias("l").join(known(derived).alias("d"), "user_id", "full")
-    merged = {name: F.coalesce(F.col(f"l.{name}"), F.col(f"d.{name}")).alias(name)
-              for name in ("age", "gender", "region", "signup_ts")}
+    names = ("age", "gender", "region", "signup_ts")
+    merged = {name: F.coalesce(F.col(f"l.{name}"), F.col(f"d.{name}")).alias(name) for name in names}
     merged["gender"] = F.coalesce(merged["gender"], F.lit("U")).alias("gender")
-    return joined.select("user_id", *[merged[name] for name in ("age", "gender", "region", "signup_ts")])
+    listed_attributes = F.coalesce(F.col("l.attributes"), F.create_map().cast(ATTRIBUTES_TYPE))
+    from_events = F.map_filter(F.coalesce(F.col("d.attributes"), F.create_map().cast(ATTRIBUTES_TYPE)),
+                               lambda name, _: ~F.array_contains(F.map_keys(listed_attributes), name))
+    merged["attributes"] = F.map_concat(listed_attributes, from_events).alias("attributes")
+    return joined.select("user_id", *[merged[name] for name in (*names, "attributes")])
 
 
 def combine_items(listed: DataFrame, derived: DataFrame) -> DataFrame:
@@ -463,20 +517,25 @@ def combine_items(listed: DataFrame, derived: DataFrame) -> DataFrame:
 
 
 def derive_users(tagged: DataFrame, *, gender_values: Mapping[str, str] | None = None,
-                 age_values: Mapping[str, int] | None = None) -> DataFrame:
-    """One row per accepted user with the latest non-null attributes (canonical `users` schema)."""
+                 age_values: Mapping[str, int] | None = None, attributes: Sequence[str] = ()) -> DataFrame:
+    """One row per accepted user with the latest non-null attributes (canonical `users` schema);
+    `attributes` names the extra ones that `tag_events` put in its `attributes` map."""
     accepted = tagged.filter(F.col("reason").isNull())
+    extras = {name: f"_attribute_{i}" for i, name in enumerate(sorted(attributes))}
     prepared = accepted.select(
         "user_id", "ts", parse_age(F.col("age_raw"), age_values=age_values).alias("age"),
         parse_gender(F.col("gender_raw"), gender_values=gender_values).alias("gender"),
         clean_text(F.col("region_raw")).alias("region"),
+        *[F.col("attributes")[name].alias(column) for name, column in extras.items()],
     )
-    latest = {name: F.max_by(name, F.when(F.col(name).isNotNull(), F.col("ts"))) for name in ("age", "gender", "region")}
+    latest = {name: F.max_by(name, F.when(F.col(name).isNotNull(), F.col("ts")))
+              for name in ("age", "gender", "region", *extras.values())}
     return prepared.groupBy("user_id").agg(
         latest["age"].alias("age"),
         F.coalesce(latest["gender"], F.lit("U")).alias("gender"),
         latest["region"].alias("region"),
         F.min("ts").alias("signup_ts"),
+        attribute_map({name: latest[column] for name, column in extras.items()}).alias("attributes"),
     ).select(*schema.USERS.fieldNames())
 
 

@@ -8,12 +8,14 @@ day (midnight UTC) or an exact instant (a timezone-aware datetime; samples that 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Mapping
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from ecominsight.schema import (
-    AGGREGATE_FEATURES, ATTRIBUTE_SEPARATOR, NO_HISTORY, NUMERIC_FEATURES, SEQUENCE_SEPARATOR,
+    AGGREGATE_FEATURES, ATTRIBUTE_SEPARATOR, CANONICAL_ATTRIBUTE_KINDS, CATEGORICAL_ATTRIBUTES, NO_HISTORY, NUMERIC,
+    NUMERIC_ATTRIBUTES, NUMERIC_FEATURES, SEQUENCE_SEPARATOR,
 )
 
 # A user who never bought gets this "days since last purchase": longer than any real history.
@@ -191,14 +193,55 @@ def user_behaviour_text(events: DataFrame, items: DataFrame, *, as_of: AsOf | No
     return behaviour_text(lists, as_of=as_of, max_events=max_events)
 
 
+def extra_attributes(users: DataFrame) -> Column:
+    """The users' extra `attributes` map (an empty one where null, and for a users table written
+    before it existed)."""
+    if "attributes" in users.columns:
+        return F.coalesce(F.col("attributes"), F.create_map().cast("map<string,string>"))
+    return F.create_map().cast("map<string,string>")
+
+
 def attribute_text(users: DataFrame) -> DataFrame:
-    """`age 25 | gender F | region Beijing` per user (missing attributes left out)."""
+    """`age 25 | gender F | region Beijing | level 3 | tenure_band long` per user: the canonical
+    attributes, then the extra ones (`attributes`) sorted by name; missing attributes left out.
+    Output: user_id, attribute_text."""
+    known_gender = F.col("gender").isNotNull() & (F.col("gender") != "U")
     parts = [
         F.when(F.col("age").isNotNull(), F.concat(F.lit("age "), F.col("age").cast("string"))),
-        F.when(F.col("gender").isNotNull() & (F.col("gender") != "U"), F.concat(F.lit("gender "), F.col("gender"))),
+        F.when(known_gender, F.concat(F.lit("gender "), F.col("gender"))),
         F.when(F.col("region").isNotNull(), F.concat(F.lit("region "), F.col("region"))),
+        # map_entries sorted: by name (names are unique), so the order is the same for every user.
+        F.transform(F.array_sort(F.map_entries(extra_attributes(users))),
+                    lambda e: F.concat(e["key"], F.lit(" "), e["value"])),
     ]
-    return users.select("user_id", F.concat_ws(" | ", *parts).alias("attributes"))
+    return users.select("user_id", F.concat_ws(" | ", *parts).alias("attribute_text"))
+
+
+def attribute_features(users: DataFrame, *, kinds: Mapping[str, str]) -> DataFrame:
+    """The users' static attributes for the baselines, split by kind so that each keeps its type.
+
+    Input: canonical users; `kinds`: extra attribute name -> `numeric`|`categorical` (a preset's
+    `attribute_kinds()`; a name it does not list counts as categorical). Output: user_id,
+    `numeric_attributes` (map<string,double>: age and the numeric extras) and `categorical_attributes`
+    (map<string,string>: gender unless U, region and the categorical extras); unknown values are absent."""
+    extras = extra_attributes(users)
+    numeric_kind = {**kinds, **CANONICAL_ATTRIBUTE_KINDS}
+    numeric_names = F.array(*[F.lit(name) for name, kind in sorted(numeric_kind.items()) if kind == NUMERIC])
+    canonical = F.map_from_entries(F.filter(F.array(
+        F.struct(F.lit("gender").alias("key"), F.when(F.col("gender") != "U", F.col("gender")).alias("value")),
+        F.struct(F.lit("region").alias("key"), F.col("region").alias("value")),
+    ), lambda e: e["value"].isNotNull()))
+    age = F.map_from_entries(F.filter(F.array(F.struct(F.lit("age").alias("key"), F.col("age").cast("double").alias("value"))),
+                                      lambda e: e["value"].isNotNull()))
+    numeric_extras = F.transform_values(F.map_filter(extras, lambda name, _: F.array_contains(numeric_names, name)),
+                                        lambda _, value: value.try_cast("double"))
+    categorical_extras = F.map_filter(extras, lambda name, _: ~F.array_contains(numeric_names, name))
+    return users.select(
+        "user_id",
+        F.map_filter(F.map_concat(age, numeric_extras), lambda _, v: v.isNotNull())
+        .cast("map<string,double>").alias(NUMERIC_ATTRIBUTES),
+        F.map_concat(canonical, categorical_extras).cast("map<string,string>").alias(CATEGORICAL_ATTRIBUTES),
+    )
 
 
 def point_in_time_labels(events: DataFrame, *, cutoff: AsOf, horizon: dt.timedelta) -> DataFrame:
@@ -236,10 +279,12 @@ def fuse_user_sequences(
     reviews: DataFrame | None = None,
     review_max_words: int = 40,
     event_lists: DataFrame | None = None,
+    attribute_kinds: Mapping[str, str] | None = None,
 ) -> DataFrame:
-    """One row per user: `text` (attributes [SEP] behaviour), numeric features, `label`, `as_of` (the
-    day, a date) and `as_of_ts` (the exact instant, a timestamp: midnight UTC of the day unless
-    `as_of` is a datetime).
+    """One row per user: `text` (attributes [SEP] behaviour), numeric features, the user's static
+    attributes (`numeric_attributes`, `categorical_attributes`: `attribute_features` with
+    `attribute_kinds`), `label`, `as_of` (the day, a date) and `as_of_ts` (the exact instant, a
+    timestamp: midnight UTC of the day unless `as_of` is a datetime).
 
     Features use events strictly before `as_of`. `population`: `any_event` keeps every user with
     an event before `as_of` (plus users known only from the users table); `active` keeps only the
@@ -249,6 +294,8 @@ def fuse_user_sequences(
     With `labels=None` the label column is null (a scoring table). `reviews` (canonical, optional)
     written before `as_of` join the text beside the events. `event_lists` (`user_event_lists` of
     the same events, items and reviews) spares the join and sort when several as-of days are fused.
+    The attributes are static properties of the user, without a time: they come from the users table
+    as it is, whatever `as_of` (only the events are cut at it).
     """
     # Category counts see the catalogue's categories too (with_item_attributes).
     features = user_numeric_features(with_item_attributes(events, items), as_of=as_of)
@@ -265,10 +312,15 @@ def fuse_user_sequences(
         base.join(features, "user_id", "left")
         .join(text, "user_id", "left")
         .join(attribute_text(users), "user_id", "left")
+        .join(attribute_features(users, kinds=attribute_kinds or {}), "user_id", "left")
         .fillna(0.0, subset=list(NUMERIC_FEATURES))
         .fillna(0, subset=["n_events_in_text"])
+        # A user known only from events, not from the users table, has no attributes: empty maps.
+        .withColumn(NUMERIC_ATTRIBUTES, F.coalesce(NUMERIC_ATTRIBUTES, F.create_map().cast("map<string,double>")))
+        .withColumn(CATEGORICAL_ATTRIBUTES, F.coalesce(CATEGORICAL_ATTRIBUTES, F.create_map().cast("map<string,string>")))
     )
-    sequence = F.concat_ws(ATTRIBUTE_SEPARATOR, F.when(F.col("attributes") != "", F.col("attributes")), F.col("behaviour"))
+    sequence = F.concat_ws(ATTRIBUTE_SEPARATOR, F.when(F.col("attribute_text") != "", F.col("attribute_text")),
+                           F.col("behaviour"))
     fused = fused.withColumn("text", F.coalesce(F.when(sequence != "", sequence), F.lit(NO_HISTORY)))
     if labels is None:
         fused = fused.withColumn("label", F.lit(None).cast("int"))
@@ -276,7 +328,8 @@ def fuse_user_sequences(
         fused = fused.join(labels.select("user_id", F.col("label").cast("int")), "user_id", "left").fillna(0, subset=["label"])
     instant = as_of_instant(as_of)
     return fused.withColumn("as_of", F.lit(instant.date()).cast("date")).withColumn("as_of_ts", _ts_literal(instant)).select(
-        "user_id", "text", *NUMERIC_FEATURES, "n_events_in_text", "last_event_ts", "label", "as_of", "as_of_ts"
+        "user_id", "text", *NUMERIC_FEATURES, NUMERIC_ATTRIBUTES, CATEGORICAL_ATTRIBUTES, "n_events_in_text",
+        "last_event_ts", "label", "as_of", "as_of_ts"
     )
 
 

@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 
 from ecominsight.config import ActionRule, PropensityBand, RFMClassRule
 from ecominsight.schema import EVENT_TYPES
+from ecominsight.transforms.fuse import extra_attributes
 
 # percentile_approx's default: exact on small tables, else each boundary within 1/10,000 of its rank.
 QUANTILE_ACCURACY = 10_000
@@ -27,7 +28,7 @@ INTEREST_TYPE = "array<struct<name:string,kind:string,affinity:double>>"
 ACTIVITY_COLUMNS = ("n_events", *(f"n_{kind}" for kind in EVENT_TYPES))
 RFM_SCORES = ("recency_score", "frequency_score", "monetary_score")
 PROFILE_COLUMNS = (
-    "user_id", "age", "gender", "region", "as_of",
+    "user_id", "age", "gender", "region", "attributes", "as_of",
     "recency_days", "frequency", "monetary", *RFM_SCORES, "rfm_class",
     *ACTIVITY_COLUMNS, "cart_abandoned", "top_categories", "top_brands",
     "median_purchase_price", "price_band",
@@ -168,7 +169,7 @@ def user_profiles(
     brands = _top_interests(touched, name=F.coalesce(F.col("brand"), F.col("_item_brand")), kind=F.lit("brand"),
                             top_k=top_k, alias="top_brands")
     profiles = (
-        scored.join(users.select("user_id", "age", "gender", "region"), "user_id", "left")
+        scored.join(users.select("user_id", "age", "gender", "region", extra_attributes(users).alias("attributes")), "user_id", "left")
         .join(features, "user_id", "left")
         .join(behaviour, "user_id", "left")
         .join(categories, "user_id", "left")
