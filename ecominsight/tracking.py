@@ -60,6 +60,9 @@ MODEL_SECTIONS = {"lr": ("train", "logistic_regression"), "gbt": ("train", "grad
 # metrics.json keys that are no scalar metric: the transformer's history is logged per epoch, the
 # hybrid's stacker as params.
 _NOT_METRICS = ("history", "stacker", "component_versions")
+# What MLflow accepts in a metric name; anything else (the `=` of a one-hot feature such as
+# `coefficients/gender=F`, a level's punctuation) becomes `_`.
+_NOT_IN_METRIC_NAMES = re.compile(r"[^\w./\- ]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,7 +298,7 @@ def model_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, float, int]]:
     (`valid/roc_auc`, `test/roc_auc_ci_low`: MLflow's UI groups by the prefix), at step 0; and the
     transformer's history as `epoch/<key>` at step = epoch."""
     scalars = {key: value for key, value in metrics.items() if key not in _NOT_METRICS}
-    found = [(key, value, 0) for key, value in _numbers(scalars, "")]
+    found = [(_NOT_IN_METRIC_NAMES.sub("_", key), value, 0) for key, value in _numbers(scalars, "")]
     for entry in metrics.get("history", []):
         found += [(f"epoch/{key}", float(value), int(entry["epoch"])) for key, value in entry.items()
                   if key != "epoch" and _is_number(value)]

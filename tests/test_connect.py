@@ -50,7 +50,8 @@ ROW_ORDER_DEPENDENT_MODELS = ("gbt", "hybrid")
 CHAMPION_DEPENDENT = {"model_name", "action_counts", "segment_sizes"}
 # Not results: where and when a run wrote things, and how long it took.
 NOT_COMPARED = {"run_id", "path", "paths", "report", "model_dirs", "version", "model_version",
-                "baseline_model_version", "seconds", "ranks", "inputs"}
+                "baseline_model_version", "seconds", "ranks", "inputs",
+                "cost"}  # each fit's wall time and start: when and how fast, not what
 
 
 def _answers(port: int) -> bool:

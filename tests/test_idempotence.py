@@ -20,6 +20,7 @@ import shutil
 import pytest
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from ecominsight import schema
 from ecominsight.catalog import (
@@ -37,11 +38,20 @@ SHOWN_DIFFERENCES = 5
 RUN = "_found_in"
 
 
+def comparable(frame: DataFrame) -> DataFrame:
+    """Map columns as their entries sorted by key: Spark's set operations refuse maps, and two equal
+    maps give equal sorted entries."""
+    return frame.select(*[F.array_sort(F.map_entries(field.name)).alias(field.name)
+                          if isinstance(field.dataType, T.MapType) else F.col(field.name) for field in frame.schema.fields])
+
+
 def assert_same_rows(first: DataFrame, second: DataFrame, what: str) -> None:
     """The same schema and the same multiset of rows (both differences empty), every value compared
-    exactly by Spark's own equality (-0.0 equals 0.0, NaN equals NaN); a failure shows differing rows."""
+    exactly by Spark's own equality (-0.0 equals 0.0, NaN equals NaN; maps entry by entry); a failure
+    shows differing rows."""
     assert second.schema == first.schema, f"{what}: the schema changed"
     assert first.take(1), f"{what}: the first run wrote no rows; comparing nothing would prove nothing"
+    first, second = comparable(first), comparable(second)
     differences = first.exceptAll(second).withColumn(RUN, F.lit("first run only")).unionByName(
         second.exceptAll(first).withColumn(RUN, F.lit("re-run only")))
     shown = differences.limit(SHOWN_DIFFERENCES).collect()
@@ -49,7 +59,9 @@ def assert_same_rows(first: DataFrame, second: DataFrame, what: str) -> None:
 
 
 def without_timings(metrics: dict) -> dict:
-    """A model's metrics.json less the seconds each training epoch took: a re-run cannot repeat those."""
+    """A model's metrics.json less what its fit cost (`cost`) and the seconds each training epoch took:
+    a re-run cannot repeat those."""
+    metrics = {key: value for key, value in metrics.items() if key != "cost"}
     if "history" not in metrics:
         return metrics
     return {**metrics, "history": [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in metrics["history"]]}
