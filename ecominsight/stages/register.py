@@ -143,10 +143,23 @@ def duckdb_view(schema: str, table: Table, files: list[str]) -> str:
             f"read_parquet([{listed}], hive_partitioning = true)")
 
 
-def _register_table(spark: SparkSession, name: str, table: Table, lake: Lake, *, unity_catalog: bool) -> None:
+@dataclasses.dataclass(frozen=True)
+class _Published:
+    """What one lake table's manifest says now, read once per table and register run."""
+
+    locations: dict[str, str]  # Lake.current_locations
+    schema: T.StructType
+    version: str
+
+    @classmethod
+    def of(cls, lake: Lake, table: Table) -> "_Published":
+        return cls(lake.current_locations(table), lake.schema(table), lake.version(table))
+
+
+def _register_table(spark: SparkSession, name: str, table: Table, lake: Lake, current: _Published, *,
+                    exists: bool, unity_catalog: bool) -> None:
     """Create or move one registered table in place (table_ddl), adding the columns the lake gained."""
-    locations, schema = lake.current_locations(table), lake.schema(table)
-    exists = spark.catalog.tableExists(name)
+    locations, schema = current.locations, current.schema
     registered_partitions = None
     if exists:
         columns = [(c.name, c.dataType) for c in spark.catalog.listColumns(name)]
@@ -159,7 +172,7 @@ def _register_table(spark: SparkSession, name: str, table: Table, lake: Lake, *,
     for statement in table_ddl(name, table, locations, schema=schema, root=lake.table_uri(table),
                                registered_partitions=registered_partitions, unity_catalog=unity_catalog):
         spark.sql(statement)
-    log.info("register: %s %s at version %s", "moved" if exists else "created", name, lake.version(table))
+    log.info("register: %s %s at version %s", "moved" if exists else "created", name, current.version)
 
 
 # Table properties of a managed copy: what it holds, so that a register with nothing new copies nothing.
@@ -197,19 +210,19 @@ def _static_partition_overwrite(spark: SparkSession) -> Iterator[None]:
             spark.conf.set(key, before)
 
 
-def _copy_into_managed_table(spark: SparkSession, name: str, table: Table, lake: Lake) -> bool:
+def _copy_into_managed_table(spark: SparkSession, name: str, table: Table, lake: Lake, current: _Published, *,
+                             exists: bool) -> bool:
     """Create the managed table `name` where missing (adding the columns the lake gained where not) and
     replace its rows with the lake table's current version, unless it holds that version already.
     Output: whether rows were copied."""
-    schema, state = lake.schema(table), lake_state(lake.current_locations(table))
-    exists = spark.catalog.tableExists(name)
+    schema, state = current.schema, lake_state(current.locations)
     if exists:
         added = added_columns([(c.name, c.dataType) for c in spark.catalog.listColumns(name)], schema, table)
         if added.fields:
             spark.sql(f"ALTER TABLE {name} ADD COLUMNS ({_columns(added)})")
         properties = {row[0]: row[1] for row in spark.sql(f"SHOW TBLPROPERTIES {name}").collect()}
         if properties.get(LAKE_STATE_PROPERTY) == state:
-            log.info("register: %s already holds version %s", name, lake.version(table))
+            log.info("register: %s already holds version %s", name, current.version)
             return False
     else:
         table_format = spark.conf.get("spark.sql.sources.default", "parquet")
@@ -219,23 +232,24 @@ def _copy_into_managed_table(spark: SparkSession, name: str, table: Table, lake:
     with _static_partition_overwrite(spark):
         lake.read(spark, table).select(*columns).write.insertInto(name, overwrite=True)
     spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ({_sql_string(LAKE_STATE_PROPERTY)} = {_sql_string(state)}, "
-              f"{_sql_string(LAKE_VERSION_PROPERTY)} = {_sql_string(lake.version(table))})")
-    log.info("register: %s %s with version %s", "refreshed" if exists else "created", name, lake.version(table))
+              f"{_sql_string(LAKE_VERSION_PROPERTY)} = {_sql_string(current.version)})")
+    log.info("register: %s %s with version %s", "refreshed" if exists else "created", name, current.version)
     return True
 
 
-def check_existing_kind(spark: SparkSession, name: str, kind: str) -> None:
-    """LakeError where `name` exists as the other kind of table: a copy written into an external table
-    would land inside the lake's version folders, and a managed table moved to the lake would have its
-    copy removed with it."""
+def check_existing_kind(spark: SparkSession, name: str, kind: str) -> bool:
+    """Whether `name` exists; LakeError where it exists as the other kind of table: a copy written into
+    an external table would land inside the lake's version folders, and a managed table moved to the
+    lake would have its copy removed with it."""
     if not spark.catalog.tableExists(name):
-        return
+        return False
     found = (spark.catalog.getTable(name.replace("`", "")).tableType or "").upper()
     wanted = "MANAGED" if kind == "managed" else "EXTERNAL"
     if found in ("MANAGED", "EXTERNAL") and found != wanted:
         article = "an" if found == "EXTERNAL" else "a"
         raise LakeError(f"{name.replace('`', '')} is {article} {found.lower()} table and warehouse.tables={kind}: drop it yourself "
                         "(its grants and comments go with it) or register into another warehouse.schema")
+    return True
 
 
 def run_register(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> RegisterResult:
@@ -252,13 +266,14 @@ def run_register(spark: SparkSession, config: Config, lake: Lake, run_id: str) -
     registered: dict[str, dict[str, Any]] = {}
     for table in tables:
         name = qualified_name(catalog, schema, table)
-        check_existing_kind(spark, name, kind)
+        exists = check_existing_kind(spark, name, kind)
+        current = _Published.of(lake, table)
         copied = None
         if kind == "managed":
-            copied = _copy_into_managed_table(spark, name, table, lake)
+            copied = _copy_into_managed_table(spark, name, table, lake, current, exists=exists)
         else:
-            _register_table(spark, name, table, lake, unity_catalog=catalog is not None)
-        locations = lake.current_locations(table)
+            _register_table(spark, name, table, lake, current, exists=exists, unity_catalog=catalog is not None)
+        locations = current.locations
         partitions = [c.name for c in spark.catalog.listColumns(name) if c.isPartition]
         files = [file.path if file.is_local else file.uri.replace("s3a://", "s3://", 1)
                  for file in lake.current_files(table)]
@@ -266,7 +281,7 @@ def run_register(spark: SparkSession, config: Config, lake: Lake, run_id: str) -
             "name": name.replace("`", ""), "kind": kind,
             # managed: the catalog's own storage holds a copy of this lake table
             "location": None if kind == "managed" else locations[""] if "" in locations else lake.table_uri(table),
-            "source": lake.table_uri(table), "version": lake.version(table),
+            "source": lake.table_uri(table), "version": current.version,
             **({"copied": copied} if copied is not None else {}),
             "partitioned_by": partitions, "partitions": len(locations) if partitions else None,
             "duckdb": duckdb_view(schema, table, files)}
