@@ -114,3 +114,9 @@ SPLITS = ("train", "valid", "test")
 SEQUENCE_SEPARATOR = " ; "
 ATTRIBUTE_SEPARATOR = " [SEP] "  # between the attributes and the behaviour events
 NO_HISTORY = "no history"
+
+
+def sql_string(text: str) -> str:
+    """`text` as a Spark SQL string literal ('…', backslashes and quotes escaped), for statements that
+    splice in names and values the data or the config gave (partition values, attribute levels)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -20,7 +20,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from ecominsight.schema import CATEGORICAL_ATTRIBUTES, NUMERIC_ATTRIBUTES, NUMERIC_FEATURES
+from ecominsight.schema import CATEGORICAL_ATTRIBUTES, NUMERIC_ATTRIBUTES, NUMERIC_FEATURES, sql_string
 
 OUTPUT_COLUMNS = {"probabilityCol": "_probability", "rawPredictionCol": "_raw_prediction", "predictionCol": "_prediction"}
 # A categorical level held by fewer training users than this folds into OTHER_LEVEL: a level of a
@@ -71,10 +71,6 @@ def feature_spec(train: DataFrame, *, min_level_users: int = MIN_LEVEL_USERS) ->
                        categorical_attributes=tuple((name, tuple(sorted(kept[name]))) for name in sorted(kept)))
 
 
-def _sql_text(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _feature_stages(spec: FeatureSpec) -> list:
     """SQL (log1p, attribute values and flags, levels folded) -> index -> one-hot -> assemble -> standardise.
     Every fitted piece (the folded levels in the SQL, the indexer's labels) is saved with the model,
@@ -83,14 +79,14 @@ def _feature_stages(spec: FeatureSpec) -> list:
     columns = [f"log1p(greatest(`{name}`, 0D)) AS `_log_{name}`" for name in spec.numeric]
     inputs = [f"_log_{name}" for name in spec.numeric]
     for name in spec.numeric_attributes:
-        value = f"`{NUMERIC_ATTRIBUTES}`[{_sql_text(name)}]"
+        value = f"`{NUMERIC_ATTRIBUTES}`[{sql_string(name)}]"
         columns += [f"coalesce({value}, 0D) AS `_num_{name}`", f"CAST({value} IS NULL AS DOUBLE) AS `_missing_{name}`"]
         inputs += [f"_num_{name}", f"_missing_{name}"]
     for name, levels in spec.categorical_attributes:
-        value = f"`{CATEGORICAL_ATTRIBUTES}`[{_sql_text(name)}]"
-        kept = f"{value} IN ({', '.join(map(_sql_text, levels))})" if levels else "false"
-        columns.append(f"CASE WHEN {value} IS NULL THEN {_sql_text(MISSING_LEVEL)} WHEN {kept} THEN {value} "
-                       f"ELSE {_sql_text(OTHER_LEVEL)} END AS `_level_{name}`")
+        value = f"`{CATEGORICAL_ATTRIBUTES}`[{sql_string(name)}]"
+        kept = f"{value} IN ({', '.join(map(sql_string, levels))})" if levels else "false"
+        columns.append(f"CASE WHEN {value} IS NULL THEN {sql_string(MISSING_LEVEL)} WHEN {kept} THEN {value} "
+                       f"ELSE {sql_string(OTHER_LEVEL)} END AS `_level_{name}`")
     stages: list = [SQLTransformer(statement=f"SELECT *, {', '.join(columns)} FROM __THIS__")]
     categorical = [name for name, _ in spec.categorical_attributes]
     if categorical:

@@ -28,6 +28,7 @@ from ecominsight.catalog import Table
 from ecominsight.config import Config
 from ecominsight.errors import ConfigError, LakeError
 from ecominsight.io import Lake
+from ecominsight.schema import sql_string
 from ecominsight.stages.base import StageResult
 
 log = logging.getLogger(__name__)
@@ -73,15 +74,11 @@ def schema_ddl(catalog: str | None, schema: str) -> str:
     return "CREATE SCHEMA IF NOT EXISTS " + ".".join(f"`{part}`" for part in (catalog, schema) if part is not None)
 
 
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _partition_spec(part: str) -> str:
     """`score_date=2024-01-01` (a partition folder, values escaped as Spark escapes them) ->
     `score_date = '2024-01-01'` for a PARTITION clause."""
     pairs = [segment.split("=", 1) for segment in part.split("/")]
-    return ", ".join(f"`{column}` = {_sql_string(unquote(value))}" for column, value in pairs)
+    return ", ".join(f"`{column}` = {sql_string(unquote(value))}" for column, value in pairs)
 
 
 def _columns(schema: T.StructType) -> str:
@@ -115,13 +112,13 @@ def table_ddl(name: str, table: Table, locations: dict[str, str], *, schema: T.S
     (their files are the lake's to remove). `unity_catalog`: a partitioned table gets UC's partition
     metadata log (`partitionMetadataEnabled`), without which UC lists the folders instead."""
     if not table.partition_by:
-        location = _sql_string(locations[""])
+        location = sql_string(locations[""])
         return [f"CREATE TABLE IF NOT EXISTS {name} ({_columns(schema)}) USING parquet LOCATION {location}",
                 f"ALTER TABLE {name} SET LOCATION {location}"]
     partition_by = ", ".join(f"`{column}`" for column in table.partition_by)
     properties = " TBLPROPERTIES ('partitionMetadataEnabled' = 'true')" if unity_catalog else ""
     statements = [f"CREATE TABLE IF NOT EXISTS {name} ({_columns(schema)}) USING parquet PARTITIONED BY ({partition_by})"
-                  f"{properties} LOCATION {_sql_string(root)}"]
+                  f"{properties} LOCATION {sql_string(root)}"]
     registered = registered_partitions or frozenset()
     gone = sorted(registered - set(locations))
     if gone:
@@ -129,8 +126,8 @@ def table_ddl(name: str, table: Table, locations: dict[str, str], *, schema: T.S
     new = sorted(set(locations) - registered)
     if new:
         statements.append(f"ALTER TABLE {name} ADD IF NOT EXISTS " + " ".join(
-            f"PARTITION ({_partition_spec(part)}) LOCATION {_sql_string(locations[part])}" for part in new))
-    statements += [f"ALTER TABLE {name} PARTITION ({_partition_spec(part)}) SET LOCATION {_sql_string(locations[part])}"
+            f"PARTITION ({_partition_spec(part)}) LOCATION {sql_string(locations[part])}" for part in new))
+    statements += [f"ALTER TABLE {name} PARTITION ({_partition_spec(part)}) SET LOCATION {sql_string(locations[part])}"
                    for part in sorted(set(locations) & registered)]
     return statements
 
@@ -138,7 +135,7 @@ def table_ddl(name: str, table: Table, locations: dict[str, str], *, schema: T.S
 def duckdb_view(schema: str, table: Table, files: list[str]) -> str:
     """A DuckDB view over the table's current files (Lake.current_files): partition columns come
     from the `key=value` folders in their paths. Named like the registered table, without its catalog."""
-    listed = ", ".join(_sql_string(file) for file in files)
+    listed = ", ".join(sql_string(file) for file in files)
     return (f"CREATE OR REPLACE VIEW {schema}.{table.warehouse_name} AS SELECT * FROM "
             f"read_parquet([{listed}], hive_partitioning = true)")
 
@@ -231,8 +228,8 @@ def _copy_into_managed_table(spark: SparkSession, name: str, table: Table, lake:
     columns = [c.name for c in spark.catalog.listColumns(name)]
     with _static_partition_overwrite(spark):
         lake.read(spark, table).select(*columns).write.insertInto(name, overwrite=True)
-    spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ({_sql_string(LAKE_STATE_PROPERTY)} = {_sql_string(state)}, "
-              f"{_sql_string(LAKE_VERSION_PROPERTY)} = {_sql_string(current.version)})")
+    spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ({sql_string(LAKE_STATE_PROPERTY)} = {sql_string(state)}, "
+              f"{sql_string(LAKE_VERSION_PROPERTY)} = {sql_string(current.version)})")
     log.info("register: %s %s with version %s", "refreshed" if exists else "created", name, current.version)
     return True
 
