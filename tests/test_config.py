@@ -125,7 +125,7 @@ def test_bad_horizon_is_rejected_showing_the_accepted_form(value):
 def test_the_old_horizon_keys_are_unknown(old_key):
     # The allowed keys the error lists point to the new one.
     with pytest.raises(ConfigError, match=r"unknown config key 'fuse\.horizon_(days|hours)'; allowed keys at fuse: "
-                                          r"cutoff, horizon, label_mode"):
+                                          r"cutoff, day_max_items, horizon, label_mode"):
         load_config("local", [old_key])
 
 

@@ -154,6 +154,49 @@ def test_one_event_list_serves_every_as_of_day(tables, spark):
     assert set(before_cutoff) == {"a", "b", "c"} and "after the cutoff" not in before_cutoff["a"]
 
 
+def test_day_lines_fold_a_day_and_kind_into_one_line_with_summed_quantities(tables, spark):
+    events, users, items = tables
+    more = events_frame(spark, [
+        ("e", dt.datetime(2020, 2, 1, 9), "purchase", "i1", 10.0, 2.0, None, "o7"),
+        ("e", dt.datetime(2020, 2, 1, 9), "purchase", "i2", 5.0, 1.0, None, "o7"),
+        ("e", dt.datetime(2020, 2, 1, 9, 5), "purchase", "i1", 10.0, 3.0, None, "o8"),  # a second basket that day
+        ("e", dt.datetime(2020, 2, 1, 11), "view", "i3", None, None, None, None),
+        ("e", dt.datetime(2020, 2, 1, 12), "view", "i3", None, None, None, None),
+        ("e", dt.datetime(2020, 2, 2, 8), "view", "i4", None, None, None, None),
+    ])
+    catalogue = items.unionByName(spark.createDataFrame([("i3", "Green Jug", None, None, 2.0, None),
+                                                         ("i4", "Tin", None, None, 1.0, None)], schema.ITEMS))
+    got = {r["user_id"]: r for r in fuse.user_behaviour_text(events.unionByName(more), catalogue, as_of=CUTOFF,
+                                                             max_events=10, encoding="days", day_max_items=1).collect()}
+    assert got["e"]["behaviour"] == ("02-01 purchase: Red Mug x5 (+1 more) ; 02-01 view: Green Jug x2 ; "
+                                     "02-02 view: Tin")
+    assert got["e"]["n_events_in_text"] == 6
+    # The event before the cutoff only; the same day's view and purchase are two lines.
+    assert got["a"]["behaviour"] == "01-01 view: Red Mug ; 01-01 purchase: Red Mug x2 ; 02-20 purchase: Blue Pot"
+    newest = fuse.user_behaviour_text(events.unionByName(more), catalogue, as_of=CUTOFF, max_events=2, encoding="days")
+    e = newest.filter("user_id = 'e'").first()
+    assert e["behaviour"] == "02-01 view: Green Jug x2 ; 02-02 view: Tin" and e["n_events_in_text"] == 3
+
+
+def test_day_lines_serve_every_as_of_day_and_carry_reviews(tables, spark):
+    events, _, items = tables
+    reviews = spark.createDataFrame([
+        ("a", "i1", dt.datetime(2020, 1, 1, 12), 4.0, "lovely mug but the handle is small", "unit"),
+        ("a", "i2", dt.datetime(2020, 3, 2), 1.0, "written after the cutoff", "unit"),
+    ], schema.REVIEWS)
+    lists = fuse.user_event_lists(events, items, reviews=reviews, review_max_words=3, encoding="days")
+    for as_of in (CUTOFF, dt.date(2019, 1, 1), dt.date(2020, 7, 1)):
+        history = fuse.user_event_lists(fuse.events_before(events, as_of=as_of), items, encoding="days",
+                                        reviews=fuse.events_before(reviews, as_of=as_of), review_max_words=3)
+        assertDataFrameEqual(fuse.behaviour_text(lists, as_of=as_of, max_events=2, encoding="days"),
+                             fuse.behaviour_text(history, as_of=None, max_events=2, encoding="days"))
+    a = fuse.behaviour_text(lists, as_of=CUTOFF, max_events=10, encoding="days").filter("user_id = 'a'").first()
+    assert a["behaviour"] == ("01-01 view: Red Mug ; 01-01 purchase: Red Mug x2 ; 01-01 review: 4 stars lovely mug but ; "
+                              "02-20 purchase: Blue Pot")
+    with pytest.raises(ValueError, match="text encoding 'weeks'"):
+        fuse.behaviour_text(lists, as_of=CUTOFF, max_events=10, encoding="weeks")
+
+
 # A sub-day cutoff (samples that span hours): 2019-10-01 02:32:00 UTC, a one-hour label window.
 INSTANT = dt.datetime(2019, 10, 1, 2, 32, tzinfo=dt.timezone.utc)
 

@@ -58,10 +58,12 @@ def run_fuse(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> Fu
     # Review text joins the sequence where the source has reviews.
     reviews = lake.read(spark, CLEAN_REVIEWS) if lake.exists(CLEAN_REVIEWS) else None
     # One sorted event list per user serves both texts (as of the cutoff and as of the data end).
-    with persisted(fuse.user_event_lists(events, items, reviews=reviews, review_max_words=settings.review_max_words),
+    with persisted(fuse.user_event_lists(events, items, reviews=reviews, review_max_words=settings.review_max_words,
+                                         encoding=settings.text_encoding),
                    StorageLevel.MEMORY_AND_DISK) as event_lists:
         text_sources: dict[str, Any] = dict(max_events=settings.max_events, review_max_words=settings.review_max_words,
                                             reviews=reviews, event_lists=event_lists,
+                                            text_encoding=settings.text_encoding, day_max_items=settings.day_max_items,
                                             attribute_kinds=load_preset(config.source.preset).attribute_kinds())
         if settings.label_mode == "given":
             if not lake.exists(CLEAN_LABELS):

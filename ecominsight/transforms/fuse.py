@@ -122,9 +122,20 @@ def user_numeric_features(events: DataFrame, *, as_of: AsOf) -> DataFrame:
     ).select("user_id", *NUMERIC_FEATURES, "last_event_ts")
 
 
+# How each user's behaviour becomes text: `events`, one phrase per event (`event_phrase`); `days`, one
+# line per day and event kind with repeated items folded (`day_lines`), several times more history
+# in the same token budget.
+TEXT_ENCODINGS = ("events", "days")
+
+
+def _event_item() -> Column:
+    """What an event is about, in words: the query, else the item's title, category, brand or id."""
+    return F.coalesce(F.col("query"), F.col("title"), F.col("category"), F.col("brand"), F.col("item_id"))
+
+
 def event_phrase(events_with_items: DataFrame) -> Column:
     """One behaviour event as a short phrase, e.g. `11-30 cart red retrospot cake stand x2 10.95`."""
-    what = F.coalesce(F.col("query"), F.col("title"), F.col("category"), F.col("brand"), F.col("item_id"))
+    what = _event_item()
     quantity = F.when(F.col("quantity").isNotNull() & (F.col("quantity") != 1), F.concat(F.lit("x"), F.col("quantity").cast("long").cast("string")))
     price = F.when(F.col("price").isNotNull(), F.format_number(F.col("price"), 2))
     return F.concat_ws(" ", F.date_format("ts", "MM-dd"), F.col("event_type"), what, quantity, price)
@@ -140,39 +151,90 @@ def review_phrase(reviews: DataFrame, *, max_words: int) -> Column:
 
 
 def user_event_lists(events: DataFrame, items: DataFrame, *, reviews: DataFrame | None = None,
-                     review_max_words: int = 40) -> DataFrame:
+                     review_max_words: int = 40, encoding: str = "events") -> DataFrame:
     """Every event (and review) of each user as one time-ordered list, to cut as of any day.
 
     Input: canonical events and items, and optionally canonical reviews, whose phrases interleave
     with the events by time (a review is an event of the text). Output: user_id, events (an array of
-    `ts`, `item_id`, `phrase` structs, sorted). Built once, it serves the texts of several as-of
+    `ts`, `item_id`, `phrase` structs, sorted; with `encoding="days"` each struct also holds `day`,
+    `kind`, `what` and `quantity` for `day_lines`). Built once, it serves the texts of several as-of
     days (`behaviour_text`): one join with the item catalogue and one sort per user instead of one each.
     """
+    _check_encoding(encoding)
     titled = with_item_attributes(events, items)
-    phrases = titled.select(
-        "user_id",
-        F.struct(F.col("ts"), F.coalesce(F.col("item_id"), F.lit("")).alias("item_id"), event_phrase(titled).alias("phrase")).alias("e"),
-    )
+    by_day = encoding == "days"
+
+    def entry(item_id: Column, phrase: Column, kind: Column, what: Column, quantity: Column) -> Column:
+        fields = [F.col("ts"), item_id.alias("item_id"), phrase.alias("phrase")]
+        if by_day:
+            fields += [F.to_date("ts").alias("day"), kind.alias("kind"), what.alias("what"), quantity.alias("quantity")]
+        return F.struct(*fields).alias("e")
+
+    phrases = titled.select("user_id", entry(F.coalesce(F.col("item_id"), F.lit("")), event_phrase(titled),
+                                             F.col("event_type"), _event_item(), F.col("quantity").cast("double")))
     if reviews is not None:
+        # In day lines a review is its stars and words (the day and the kind head the line).
+        review_words = F.regexp_replace(review_phrase(reviews, max_words=review_max_words), r"^\S+ review ?", "")
         phrases = phrases.unionByName(reviews.select(
-            "user_id",
-            F.struct(F.col("ts"), F.col("item_id"), review_phrase(reviews, max_words=review_max_words).alias("phrase")).alias("e"),
-        ))
+            "user_id", entry(F.col("item_id"), review_phrase(reviews, max_words=review_max_words), F.lit("review"),
+                             review_words, F.lit(None).cast("double"))))
     return phrases.groupBy("user_id").agg(F.sort_array(F.collect_list("e")).alias("events"))
 
 
-def behaviour_text(event_lists: DataFrame, *, as_of: AsOf | None, max_events: int) -> DataFrame:
-    """The behaviour text as of a day or instant from `user_event_lists`: the most recent `max_events`
-    phrases strictly before `as_of` (all with `as_of=None`), in time order.
+def _check_encoding(encoding: str) -> None:
+    if encoding not in TEXT_ENCODINGS:
+        raise ValueError(f"text encoding {encoding!r}: expected one of {', '.join(TEXT_ENCODINGS)}")
+
+
+def day_lines(events: Column, *, max_lines: int, max_items: int) -> Column:
+    """The newest `max_lines` (day, kind) groups of a sorted event array (`user_event_lists` with
+    `encoding="days"`) as an array of `line`, `n_events` structs, oldest first. A line reads
+    `09-10 purchase: white hanging heart x6, regency cakestand (+8 more)`: the day and kind once, the
+    distinct items in order of first appearance with their summed quantity (a missing one counts 1),
+    at most `max_items` of them named."""
+    keys = F.array_distinct(F.transform(events, lambda e: F.struct(e["day"].alias("day"), e["kind"].alias("kind"))))
+    newest = F.slice(keys, F.greatest(F.size(keys) - max_lines + 1, F.lit(1)), F.lit(max_lines))
+
+    def line(key: Column) -> Column:
+        members = F.filter(events, lambda e: (e["day"] == key["day"]) & (e["kind"] == key["kind"]))
+        names = F.array_distinct(F.transform(members, lambda e: e["what"]))
+
+        def folded(name: Column) -> Column:
+            total = F.aggregate(F.filter(members, lambda e: e["what"] == name), F.lit(0.0),
+                                lambda acc, e: acc + F.coalesce(e["quantity"], F.lit(1.0)))
+            return F.concat_ws(" ", name, F.when(total != 1, F.concat(F.lit("x"), total.cast("long").cast("string"))))
+
+        named = F.array_join(F.transform(F.slice(names, 1, max_items), folded), ", ")
+        more = F.when(F.size(names) > max_items, F.format_string("(+%d more)", F.size(names) - max_items))
+        head = F.concat(F.date_format(key["day"], "MM-dd"), F.lit(" "), key["kind"], F.lit(":"))
+        return F.struct(F.concat_ws(" ", head, named, more).alias("line"), F.size(members).alias("n_events"))
+
+    return F.transform(newest, line)
+
+
+def behaviour_text(event_lists: DataFrame, *, as_of: AsOf | None, max_events: int, encoding: str = "events",
+                   day_max_items: int = 5) -> DataFrame:
+    """The behaviour text as of a day or instant from `user_event_lists` (built with the same
+    `encoding`), from the events strictly before `as_of` (all with `as_of=None`), in time order:
+    `events`, the most recent `max_events` phrases; `days`, the most recent `max_events` day lines
+    (`day_lines`, `day_max_items` items named per line).
 
     Output: user_id, behaviour (string), n_events_in_text; users without such an event have no row.
     """
+    _check_encoding(encoding)
     events = F.col("events")
     if as_of is not None:
         cutoff = _ts_literal(as_of)
         # The list is sorted by time: the events before the cutoff are a prefix of it.
         events = F.filter(events, lambda e: e["ts"] < cutoff)
     history = event_lists.select("user_id", events.alias("events")).filter(F.size("events") > 0)
+    if encoding == "days":
+        lines = day_lines(F.col("events"), max_lines=int(max_events), max_items=int(day_max_items))
+        return history.select(
+            "user_id",
+            F.array_join(F.transform(lines, lambda line: line["line"]), SEQUENCE_SEPARATOR).alias("behaviour"),
+            F.aggregate(lines, F.lit(0), lambda total, line: total + line["n_events"]).alias("n_events_in_text"),
+        )
     recent = F.expr(f"slice(events, greatest(size(events) - {int(max_events)} + 1, 1), {int(max_events)})")
     return history.select(
         "user_id",
@@ -182,15 +244,16 @@ def behaviour_text(event_lists: DataFrame, *, as_of: AsOf | None, max_events: in
 
 
 def user_behaviour_text(events: DataFrame, items: DataFrame, *, as_of: AsOf | None, max_events: int,
-                        reviews: DataFrame | None = None, review_max_words: int = 40) -> DataFrame:
-    """The time-ordered behaviour text per user, most recent `max_events` kept.
+                        reviews: DataFrame | None = None, review_max_words: int = 40, encoding: str = "events",
+                        day_max_items: int = 5) -> DataFrame:
+    """The time-ordered behaviour text per user (`behaviour_text` of `user_event_lists`).
 
     Input: canonical events and items, and optionally canonical reviews, whose phrases interleave
     with the events by time (a review is an event of the text). Output: user_id, behaviour (string),
     n_events_in_text.
     """
-    lists = user_event_lists(events, items, reviews=reviews, review_max_words=review_max_words)
-    return behaviour_text(lists, as_of=as_of, max_events=max_events)
+    lists = user_event_lists(events, items, reviews=reviews, review_max_words=review_max_words, encoding=encoding)
+    return behaviour_text(lists, as_of=as_of, max_events=max_events, encoding=encoding, day_max_items=day_max_items)
 
 
 def extra_attributes(users: DataFrame) -> Column:
@@ -280,6 +343,8 @@ def fuse_user_sequences(
     review_max_words: int = 40,
     event_lists: DataFrame | None = None,
     attribute_kinds: Mapping[str, str] | None = None,
+    text_encoding: str = "events",
+    day_max_items: int = 5,
 ) -> DataFrame:
     """One row per user: `text` (attributes [SEP] behaviour), numeric features, the user's static
     attributes (`numeric_attributes`, `categorical_attributes`: `attribute_features` with
@@ -290,7 +355,8 @@ def fuse_user_sequences(
     an event before `as_of` (plus users known only from the users table); `active` keeps only the
     users with an event before `as_of` (where the users table is derived from all events, it also
     lists users first seen after `as_of`); `purchasers` keeps those with a purchase before it.
-    `labels` (user_id, label) joins as given; users without one get 0.
+    `labels` (user_id, label) joins as given; users without one get 0. `text_encoding` and
+    `day_max_items`: how the behaviour becomes text (`behaviour_text`).
     With `labels=None` the label column is null (a scoring table). `reviews` (canonical, optional)
     written before `as_of` join the text beside the events. `event_lists` (`user_event_lists` of
     the same events, items and reviews) spares the join and sort when several as-of days are fused.
@@ -306,8 +372,10 @@ def fuse_user_sequences(
     else:
         base = features.select("user_id").unionByName(users.select("user_id")).distinct()
     if event_lists is None:
-        event_lists = user_event_lists(events, items, reviews=reviews, review_max_words=review_max_words)
-    text = behaviour_text(event_lists, as_of=as_of, max_events=max_events)
+        event_lists = user_event_lists(events, items, reviews=reviews, review_max_words=review_max_words,
+                                       encoding=text_encoding)
+    text = behaviour_text(event_lists, as_of=as_of, max_events=max_events, encoding=text_encoding,
+                          day_max_items=day_max_items)
     fused = (
         base.join(features, "user_id", "left")
         .join(text, "user_id", "left")
