@@ -114,7 +114,7 @@ class FuseConfig:
     # users in the training table
     population: str = field(default="purchasers", metadata=rule(choices=("purchasers", "any_event", "active")))
     # events: one phrase per event; days: one line per day and event kind, repeated items folded
-    text_encoding: str = field(default="events", metadata=rule(choices=("events", "days")))
+    text_encoding: str = field(default="days", metadata=rule(choices=("events", "days")))
     max_events: int = field(default=64, metadata=_POSITIVE)  # most recent events (days: day lines) kept in the text
     day_max_items: int = field(default=5, metadata=_POSITIVE)  # days: items named per line, the rest counted
     review_max_words: int = field(default=40, metadata=_POSITIVE)  # words of each review kept in the text (sources with reviews)

@@ -1,6 +1,7 @@
 """Per-user explanations of the transformer's score by occlusion over the events of the user's text.
 
-A user's fused text is `attributes [SEP] event ; event ; ...` (ecominsight/transforms/fuse.py).
+A user's fused text is `attributes [SEP] event ; event ; ...` (ecominsight/transforms/fuse.py),
+where an "event" is one segment: a day line with `fuse.text_encoding=days`, one event with `events`.
 Each behaviour event is left out in turn and the text rescored with the same model, tokenizer and
 numeric features: the event's contribution is the full text's probability minus the probability
 without it, so a positive contribution is an event that raised the score. Occlusion needs no
