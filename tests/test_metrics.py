@@ -37,3 +37,27 @@ def test_test_metrics_use_the_validation_threshold():
     result = evaluate_splits(([0, 1], [0.2, 0.4]), ([0, 1], [0.3, 0.35]))
     assert result["valid"]["threshold"] == result["test"]["threshold"] == 0.4
     assert result["test"]["accuracy"] == 0.5  # 0.35 < 0.4: the test positive is missed
+
+
+@pytest.mark.parametrize("scores", ["continuous", "rounded", "skewed", "few_levels"])
+def test_fast_bootstrap_metrics_equal_sklearns_bit_for_bit(scores):
+    """The bootstrap's AUC and average precision are sklearn's numbers exactly (ties included), so
+    the intervals in metrics.json do not move by a bit."""
+    import numpy as np
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from ecominsight.models.metrics import fast_average_precision, fast_roc_auc
+
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(400):
+        size = int(rng.integers(2, 200))
+        y = rng.integers(0, 2, size)
+        if y.min() == y.max():
+            continue
+        p = {"continuous": rng.random(size), "rounded": np.round(rng.random(size), 1), "skewed": rng.random(size) ** 8,
+             "few_levels": rng.integers(0, 4, size) / 3.0}[scores]
+        assert fast_roc_auc(y, p) == roc_auc_score(y, p)
+        assert fast_average_precision(y, p) == average_precision_score(y, p)
+        checked += 1
+    assert checked > 300

@@ -20,10 +20,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from ecominsight.models import META_FILE  # noqa: F401  (defined without torch, re-exported here)
 from ecominsight.schema import ATTRIBUTE_SEPARATOR
 
 HEAD_FILE = "head.safetensors"
-META_FILE = "classifier.json"
 
 
 class TextAndNumbersClassifier(nn.Module):

@@ -12,7 +12,7 @@ from pyspark.sql.types import DoubleType
 from ecominsight import storage
 from ecominsight.io import read_json
 from ecominsight.models.champion import LOGIT_EPSILON, Stacker
-from ecominsight.models.classifier import META_FILE
+from ecominsight.models import META_FILE
 
 
 def transformer_probability_udf(model_dir: str, *, n_numeric: int, batch_size: int, torch_threads: int = 1,
@@ -43,11 +43,13 @@ def transformer_probability(text: Column, model_dir: str, *, batch_size: int, to
 
     `precision` is one of inference.PRECISIONS; for `onnx` the model is exported here, on the
     driver, once per model version, so that the Python workers only load it."""
-    from ecominsight.models.inference import check_precision, export_onnx
+    if precision != "fp32":
+        # Only another precision needs the inference module on the driver (it imports torch: seconds).
+        from ecominsight.models.inference import check_precision, export_onnx
 
-    check_precision(precision)
-    if precision == "onnx":
-        export_onnx(model_dir)
+        check_precision(precision)
+        if precision == "onnx":
+            export_onnx(model_dir)
     names = read_json(storage.resolve(model_dir) / META_FILE)["numeric"]["names"]
     # A model without numeric features still takes a (one-wide, ignored) array: the UDF's shape is fixed.
     numeric = F.array(*[F.col(name).cast("double") for name in names]) if names else F.array(F.lit(0.0))

@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 from typing import Any
 
+from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -21,7 +22,7 @@ from ecominsight.config import Config, InsightsConfig
 from ecominsight.errors import LakeError
 from ecominsight.io import Lake
 from ecominsight.presets import load_preset
-from ecominsight.stages.base import StageResult
+from ecominsight.stages.base import StageResult, persisted
 from ecominsight.transforms import insights
 
 log = logging.getLogger(__name__)
@@ -68,39 +69,41 @@ def run_insights(spark: SparkSession, config: Config, lake: Lake, run_id: str) -
                         "day, or leave insights.score_date unset to describe the latest scores")
     key = privacy.resolve_key(lake.key_file())
     personal = load_preset(config.source.preset).personal
-    events = privacy.pseudonymise(lake.read(spark, CLEAN_EVENTS), key)
-    items = lake.read(spark, CLEAN_ITEMS)
-    rules = segment_rules(settings)
-    profiles = insights.user_profiles(
-        events, privacy.pseudonymise(lake.read(spark, CLEAN_USERS), key), items,
-        privacy.pseudonymise(lake.read(spark, CURRENT_SEQUENCES), key), day_scores,
-        top_k=settings.top_k_interests, price_bands=settings.price_bands, **rules,
-    )
-    paths = {USER_PROFILES.name: lake.write(privacy.drop_personal(profiles, personal), USER_PROFILES)}
-    # The other tables start from the written profiles, so the profile joins run once.
-    profiles = lake.read(spark, USER_PROFILES)
-    picks = settings.recommendations
-    day = F.lit(score_date).cast("date")
-    tables = {
-        SEGMENTS: insights.segments(profiles, **rules).withColumn("score_date", day),
-        MARKETING_ACTIONS: insights.marketing_actions(profiles, rules=settings.actions, default_action=settings.default_action),
-        RECOMMENDATIONS: insights.recommendations(
-            events, items, profiles, top_k=picks.top_k, co_occurrence_within=picks.co_occurrence_within,
-            min_co_occurrence=picks.min_co_occurrence, max_items_per_group=picks.max_items_per_group,
-            neighbours_per_item=picks.neighbours_per_item,
-        ).withColumn("score_date", day),
-        PURCHASES: insights.daily_purchases(events),
-    }
-    has_searches = not events.where((F.col("event_type") == "search") & F.col("query").isNotNull()).isEmpty()
-    if has_searches:
-        tables[SEARCH_INSIGHTS] = insights.search_insights(
-            events, profiles, top_queries=settings.search.top_queries,
-            conversion_window_days=settings.search.conversion_window_days).withColumn("score_date", day)
-    else:
-        # A source without searches has no search table, and one from an earlier source must not survive.
-        lake.drop(SEARCH_INSIGHTS)
-    for table, frame in tables.items():
-        paths[table.name] = lake.write(privacy.drop_personal(frame, personal), table)
+    # Pseudonymised once (a Python UDF over every event, read from one folder per day) and reused by every
+    # table below: profiles, recommendations, purchases and the search check each scan the events.
+    with persisted(privacy.pseudonymise(lake.read(spark, CLEAN_EVENTS), key), StorageLevel.MEMORY_AND_DISK) as events:
+        items = lake.read(spark, CLEAN_ITEMS)
+        rules = segment_rules(settings)
+        profiles = insights.user_profiles(
+            events, privacy.pseudonymise(lake.read(spark, CLEAN_USERS), key), items,
+            privacy.pseudonymise(lake.read(spark, CURRENT_SEQUENCES), key), day_scores,
+            top_k=settings.top_k_interests, price_bands=settings.price_bands, **rules,
+        )
+        paths = {USER_PROFILES.name: lake.write(privacy.drop_personal(profiles, personal), USER_PROFILES)}
+        # The other tables start from the written profiles, so the profile joins run once.
+        profiles = lake.read(spark, USER_PROFILES)
+        picks = settings.recommendations
+        day = F.lit(score_date).cast("date")
+        tables = {
+            SEGMENTS: insights.segments(profiles, **rules).withColumn("score_date", day),
+            MARKETING_ACTIONS: insights.marketing_actions(profiles, rules=settings.actions, default_action=settings.default_action),
+            RECOMMENDATIONS: insights.recommendations(
+                events, items, profiles, top_k=picks.top_k, co_occurrence_within=picks.co_occurrence_within,
+                min_co_occurrence=picks.min_co_occurrence, max_items_per_group=picks.max_items_per_group,
+                neighbours_per_item=picks.neighbours_per_item,
+            ).withColumn("score_date", day),
+            PURCHASES: insights.daily_purchases(events),
+        }
+        has_searches = not events.where((F.col("event_type") == "search") & F.col("query").isNotNull()).isEmpty()
+        if has_searches:
+            tables[SEARCH_INSIGHTS] = insights.search_insights(
+                events, profiles, top_queries=settings.search.top_queries,
+                conversion_window_days=settings.search.conversion_window_days).withColumn("score_date", day)
+        else:
+            # A source without searches has no search table, and one from an earlier source must not survive.
+            lake.drop(SEARCH_INSIGHTS)
+        for table, frame in tables.items():
+            paths[table.name] = lake.write(privacy.drop_personal(frame, personal), table)
     written = {table.name: lake.read(spark, table) for table in (USER_PROFILES, *tables)}
     scored_with = day_scores.agg(F.first("model_name").alias("model_name"),
                                  F.first("model_version").alias("model_version")).first()

@@ -209,7 +209,7 @@ def _explain_top_decile(spark: SparkSession, settings: ExplainConfig, torch_thre
     """The day's decile-1 users, highest probability first (`insights.explain.max_users`) ->
     scores/explanations/score_date=<day>/ (occlusion, ecominsight/models/attribution.py). Returns the rows."""
     from ecominsight.models import attribution
-    from ecominsight.models.classifier import META_FILE
+    from ecominsight.models import META_FILE
 
     if settings.max_users == 0:
         return 0

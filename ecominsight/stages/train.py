@@ -211,7 +211,9 @@ def _train_transformer(settings: TransformerConfig, lake: Lake, train_split: Dat
     extra_tokens: list[str] = []
     if settings.extend_cjk_vocab:
         characters = [row["c"] for row in cjk_characters(train_split).collect()]
-        extra_tokens = transformer.missing_characters(transformer.load_tokenizer(pretrained_path, extra_tokens=[]), characters)
+        # The tokenizer (and with it transformers, seconds to import) only where there are characters to look up.
+        extra_tokens = transformer.missing_characters(transformer.load_tokenizer(pretrained_path, extra_tokens=[]),
+                                                      characters) if characters else []
         log.info("train: %d CJK characters in the training text, %d added to the vocabulary", len(characters), len(extra_tokens))
     spec = transformer_spec(settings, data_path=lake.table_path(USER_SEQUENCES),
                             output_dir=lake.model_dir(TRANSFORMER_MODEL, version).uri, extra_tokens=extra_tokens)
