@@ -69,6 +69,14 @@ def run(events: int, lake: Path, label: str, output: Path | None) -> dict[str, A
     return result
 
 
+def _lake_table(lake: Path, zone: str, table: str):
+    """(the Lake at `lake`, the Table zone/table): reads follow the table's manifest (partitioning included)."""
+    from ecominsight.catalog import Table
+    from ecominsight.io import Lake
+
+    return Lake(str(lake)), Table(zone, table)
+
+
 def fingerprint(spark, lake: Path) -> dict[str, Any]:
     """Per table: rows, and an order-independent hash (sum and xor of a 64-bit hash of every column of
     each row); quarantine rows also per reason; the JSON reports of clean and fuse."""
@@ -76,24 +84,30 @@ def fingerprint(spark, lake: Path) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for zone, table in TABLES:
-        path = lake / zone / table
-        if not path.exists():
+        # Through the lake's manifest: a table's folder holds versions (v-<time>-<id>/), which a plain
+        # Parquet read of the folder cannot take apart.
+        store, entry_table = _lake_table(lake, zone, table)
+        if not store.exists(entry_table):
             out[f"{zone}/{table}"] = None
             continue
-        if next(path.rglob("*.parquet"), None) is None:
+        files = store.current_files(entry_table)
+        if not files:
             out[f"{zone}/{table}"] = {"rows": 0}
             continue
-        frame = spark.read.parquet(str(path))
+        frame = store.read(spark, entry_table)
         # Doubles are compared with a tolerance (`double_differences`): a sum's last bits follow the order of its rows.
         columns = sorted(c for c, kind in frame.dtypes if zone != "features" or kind != "double")
-        row_hash = F.xxhash64(*[F.col(f"`{c}`") for c in columns])
+        kinds = dict(frame.dtypes)
+        # Spark refuses to hash a map (equal maps may hash apart): its entries, sorted, stand for it.
+        row_hash = F.xxhash64(*[F.array_sort(F.map_entries(F.col(f"`{c}`"))) if kinds[c].startswith("map<") else F.col(f"`{c}`")
+                                for c in columns])
         row = frame.agg(F.count(F.lit(1)).alias("rows"), F.sum(row_hash.cast("decimal(38,0)")).alias("sum"),
                         F.bit_xor(row_hash).alias("xor")).first()
         entry = {"columns": columns, "rows": row["rows"], "sum": str(row["sum"]), "xor": row["xor"]}
         if zone == "quarantine":
             entry["by_reason"] = {r["reason"]: r["count"] for r in frame.groupBy("reason").count().collect()}
         if zone == "clean" and table == "events":
-            entry["files"] = len(list(path.rglob("*.parquet")))
+            entry["files"] = len(files)
         out[f"{zone}/{table}"] = entry
     reports = lake / "reports" / "bench"
     for name in ("clean.json", "data_quality.json", "fuse.json"):
@@ -106,7 +120,7 @@ def double_differences(spark, old: Path, new: Path, table: str) -> dict[str, Any
     and the largest relative difference."""
     from pyspark.sql import functions as F
 
-    a, b = (spark.read.parquet(str(lake / "features" / table)) for lake in (old, new))
+    a, b = (store.read(spark, entry) for store, entry in (_lake_table(lake, "features", table) for lake in (old, new)))
     joined = a.alias("a").join(b.alias("b"), "user_id", "full")
     out = {}
     for name in [c for c, kind in a.dtypes if kind == "double"]:

@@ -429,6 +429,13 @@ class Lake:
             return spark.createDataFrame([], schema)
         return functools.reduce(lambda left, right: left.unionByName(right), frames)
 
+    def partition_values(self, table: Table, column: str) -> list[str]:
+        """The values of a partition column that the table's current version holds, as the folder
+        names spell them ("2024-01-01" of "dt=2024-01-01"), read from the manifest: no data is read."""
+        prefix = f"{column}="
+        return sorted({part_name[len(prefix):] for part in self._published(table).get("partitions", {})
+                       for part_name in part.split("/") if part_name.startswith(prefix)})
+
     def read_arrow(self, table: Table, *, columns: list[str] | None = None) -> "pyarrow.Table":
         """A lake table's current version read without Spark (pyarrow over the lake's filesystem)."""
         return _arrow_dataset(self._table_root(table), self._published(table)).to_table(columns=columns)

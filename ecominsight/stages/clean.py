@@ -118,7 +118,8 @@ def run_clean(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> C
         # On disk, not MEMORY_AND_DISK: in-memory cache blocks ran a 4 GB local JVM out of heap at 25M
         # events (10M with 1.6 GB; smaller partitions did not help); disk blocks stream out batch by batch,
         # and the OS page cache still serves the re-reads from memory where there is room.
-        tagged = {table: cached.enter_context(persisted(frame, StorageLevel.DISK_ONLY)) for table, frame in tagged.items()}
+        tagged = {table: cached.enter_context(persisted(clean.raw_of_rejected_only(frame), StorageLevel.DISK_ONLY))
+                  for table, frame in tagged.items()}
         attributes = {"events": tuple(preset.user_attributes),
                       "users": tuple(preset.user_source.user_attributes) if preset.user_source else ()}
         profiles = {table: data_quality.table_profile(frame, columns=data_quality.PROFILED[table],

@@ -34,12 +34,19 @@ class FuseResult(StageResult):
     current_users: int
 
 
-def latest_event_day(events: DataFrame) -> dt.date:
-    """The day of the newest clean event; LakeError when there is none."""
-    latest = events.agg(F.max("dt")).first()[0]
-    if latest is None:
+def latest_event_day(lake: Lake) -> dt.date:
+    """The day of the newest clean event; LakeError when there is none. From the `dt` partitions the
+    manifest of clean/events lists (each written with at least one row): a Spark job less than
+    max(dt) over the table, and the same day."""
+    days = []
+    for value in lake.partition_values(CLEAN_EVENTS, "dt"):
+        try:
+            days.append(dt.date.fromisoformat(value))
+        except ValueError:  # Spark's folder for a null value, which max(dt) would skip too
+            continue
+    if not days:
         raise LakeError("clean/events is empty: nothing to fuse (see quarantine/events for why)")
-    return latest
+    return max(days)
 
 
 def default_cutoff(data_end: dt.date, settings: FuseConfig) -> dt.date | dt.datetime:
@@ -54,7 +61,7 @@ def run_fuse(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> Fu
     """clean/* -> features/user_sequences + features/current_sequences + reports/<run_id>/fuse.json."""
     events, users, items = (lake.read(spark, table) for table in (CLEAN_EVENTS, CLEAN_USERS, CLEAN_ITEMS))
     settings = config.fuse
-    data_end = latest_event_day(events) + dt.timedelta(days=1)
+    data_end = latest_event_day(lake) + dt.timedelta(days=1)
     # Review text joins the sequence where the source has reviews.
     reviews = lake.read(spark, CLEAN_REVIEWS) if lake.exists(CLEAN_REVIEWS) else None
     # One sorted event list per user serves both texts (as of the cutoff and as of the data end).

@@ -363,6 +363,16 @@ def mark_duplicates(tagged: DataFrame, *, key: Sequence[str] = DEDUP_KEY, prefer
     )
 
 
+def raw_of_rejected_only(tagged: DataFrame) -> DataFrame:
+    """Input: a tagged frame (after `mark_duplicates`). Output: the same rows, `raw` kept for the
+    rejected rows only (null where `reason` is null).
+
+    Only quarantined rows' original text is ever written (`quarantined_rows`); the JSON of every
+    accepted row, needed up to the duplicate ranking's last tie-break, would otherwise be cached and
+    re-read with the frame: at 1M events it is most of the cached bytes."""
+    return tagged.withColumn("raw", F.when(F.col("reason").isNotNull(), F.col("raw")))
+
+
 def accepted_events(tagged: DataFrame) -> DataFrame:
     """Accepted rows in the canonical `events` schema (see ecominsight.schema.EVENTS)."""
     return tagged.filter(F.col("reason").isNull()).select(
