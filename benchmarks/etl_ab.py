@@ -69,24 +69,20 @@ def run(events: int, lake: Path, label: str, output: Path | None) -> dict[str, A
     return result
 
 
-def _lake_table(lake: Path, zone: str, table: str):
-    """(the Lake at `lake`, the Table zone/table): reads follow the table's manifest (partitioning included)."""
-    from ecominsight.catalog import Table
-    from ecominsight.io import Lake
-
-    return Lake(str(lake)), Table(zone, table)
-
-
 def fingerprint(spark, lake: Path) -> dict[str, Any]:
     """Per table: rows, and an order-independent hash (sum and xor of a 64-bit hash of every column of
     each row); quarantine rows also per reason; the JSON reports of clean and fuse."""
     from pyspark.sql import functions as F
 
+    from ecominsight.catalog import table as catalog_table
+    from ecominsight.io import Lake
+
+    store = Lake(str(lake))
     out: dict[str, Any] = {}
     for zone, table in TABLES:
         # Through the lake's manifest: a table's folder holds versions (v-<time>-<id>/), which a plain
         # Parquet read of the folder cannot take apart.
-        store, entry_table = _lake_table(lake, zone, table)
+        entry_table = catalog_table(zone, table)  # with its partitioning
         if not store.exists(entry_table):
             out[f"{zone}/{table}"] = None
             continue
@@ -120,7 +116,10 @@ def double_differences(spark, old: Path, new: Path, table: str) -> dict[str, Any
     and the largest relative difference."""
     from pyspark.sql import functions as F
 
-    a, b = (store.read(spark, entry) for store, entry in (_lake_table(lake, "features", table) for lake in (old, new)))
+    from ecominsight.catalog import table as catalog_table
+    from ecominsight.io import Lake
+
+    a, b = (Lake(str(lake)).read(spark, catalog_table("features", table)) for lake in (old, new))
     joined = a.alias("a").join(b.alias("b"), "user_id", "full")
     out = {}
     for name in [c for c, kind in a.dtypes if kind == "double"]:
