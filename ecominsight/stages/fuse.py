@@ -64,10 +64,13 @@ def run_fuse(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> Fu
     data_end = latest_event_day(lake) + dt.timedelta(days=1)
     # Review text joins the sequence where the source has reviews.
     reviews = lake.read(spark, CLEAN_REVIEWS) if lake.exists(CLEAN_REVIEWS) else None
+    # The item catalogue joins the events once for the event lists and both feature sets (three
+    # shuffles of every event and item otherwise); on disk, as clean's tagged rows, for the heap's sake.
     # One sorted event list per user serves both texts (as of the cutoff and as of the data end).
-    with persisted(fuse.user_event_lists(events, items, reviews=reviews, review_max_words=settings.review_max_words,
-                                         encoding=settings.text_encoding),
-                   StorageLevel.MEMORY_AND_DISK) as event_lists:
+    with (persisted(fuse.with_item_attributes(events, items), StorageLevel.DISK_ONLY) as titled,
+          persisted(fuse.user_event_lists(titled, None, reviews=reviews, review_max_words=settings.review_max_words,
+                                          encoding=settings.text_encoding),
+                    StorageLevel.MEMORY_AND_DISK) as event_lists):
         text_sources: dict[str, Any] = dict(max_events=settings.max_events, review_max_words=settings.review_max_words,
                                             reviews=reviews, event_lists=event_lists,
                                             text_encoding=settings.text_encoding, day_max_items=settings.day_max_items,
@@ -77,17 +80,17 @@ def run_fuse(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> Fu
                 raise ConfigError("fuse.label_mode=given, but the source preset has no label column (clean/labels is missing)")
             labels = lake.read(spark, CLEAN_LABELS)
             cutoff = data_end
-            training = fuse.fuse_user_sequences(events, users, items, as_of=cutoff, population="any_event", labels=labels,
+            training = fuse.fuse_user_sequences(titled, users, None, as_of=cutoff, population="any_event", labels=labels,
                                                 **text_sources)
             training = training.join(labels.select("user_id"), "user_id", "left_semi")
         else:
             cutoff = parse_cutoff(settings.cutoff) if settings.cutoff else default_cutoff(data_end, settings)
             labels = fuse.point_in_time_labels(events, cutoff=cutoff, horizon=parse_horizon(settings.horizon))
-            training = fuse.fuse_user_sequences(events, users, items, as_of=cutoff, population=settings.population,
+            training = fuse.fuse_user_sequences(titled, users, None, as_of=cutoff, population=settings.population,
                                                 labels=labels, **text_sources)
         training = fuse.assign_split(training, seed=settings.split_seed, valid_fraction=settings.valid_fraction,
                                      test_fraction=settings.test_fraction)
-        current = fuse.fuse_user_sequences(events, users, items, as_of=data_end, population="any_event", labels=None,
+        current = fuse.fuse_user_sequences(titled, users, None, as_of=data_end, population="any_event", labels=None,
                                            **text_sources)
         lake.write(training, USER_SEQUENCES)
         lake.write(current, CURRENT_SEQUENCES)

@@ -12,6 +12,7 @@ from typing import Mapping
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from ecominsight.schema import (
     AGGREGATE_FEATURES, ATTRIBUTE_SEPARATOR, CANONICAL_ATTRIBUTE_KINDS, CATEGORICAL_ATTRIBUTES, NO_HISTORY, NUMERIC,
@@ -51,13 +52,21 @@ def _count_distinct(column: Column) -> Column:
     return F.size(F.collect_set(column))
 
 
-def _sum_in_value_order(column: Column) -> Column:
-    """The sum of a double column's non-null values, added smallest first; 0.0 when there are none.
+# Wide enough for any spend (20 integer digits) and fine enough that rounding a double to it moves
+# an amount by at most 5e-19.
+_EXACT_SUM = T.DecimalType(38, 18)
 
-    Spark's `sum` adds a group's values in the order its rows arrive, which differs from run to run,
-    and the last bits of a sum of doubles depend on that order (0.1 + 0.2 + 0.3 != 0.3 + 0.2 + 0.1):
-    a re-run on unchanged events would write other features, and so another data fingerprint."""
-    return F.aggregate(F.array_sort(F.collect_list(column)), F.lit(0.0), lambda total, value: total + value)
+
+def _exact_sum(column: Column) -> Column:
+    """The sum of a double column's non-null values, the same whatever the order of the rows; 0.0
+    when there are none.
+
+    Spark's `sum` of doubles adds a group's values in the order its rows arrive, which differs from
+    run to run, and the last bits depend on it (0.1 + 0.2 + 0.3 != 0.3 + 0.2 + 0.1): a re-run on
+    unchanged events would write other features, and so another data fingerprint. A decimal sum is
+    exact, so any order gives the same total, without sorting each user's values first (which the
+    previous version did, in a collect_list per user and feature)."""
+    return F.coalesce(F.sum(column.cast(_EXACT_SUM)).cast("double"), F.lit(0.0))
 
 
 def with_item_attributes(events: DataFrame, items: DataFrame) -> DataFrame:
@@ -71,6 +80,11 @@ def with_item_attributes(events: DataFrame, items: DataFrame) -> DataFrame:
             .withColumn("category", F.coalesce("category", "_item_category"))
             .withColumn("brand", F.coalesce("brand", "_item_brand"))
             .drop("_item_category", "_item_brand"))
+
+
+def _titled(events: DataFrame, items: DataFrame | None) -> DataFrame:
+    """The events with their item attributes: joined here, or already (`items=None`)."""
+    return events if items is None else with_item_attributes(events, items)
 
 
 def user_numeric_features(events: DataFrame, *, as_of: AsOf) -> DataFrame:
@@ -99,8 +113,8 @@ def user_numeric_features(events: DataFrame, *, as_of: AsOf) -> DataFrame:
         _count_distinct(F.col("dt")).alias("n_active_days"),
         _count_distinct(F.col("item_id")).alias("n_distinct_items"),
         _count_distinct(F.col("category")).alias("n_distinct_categories"),
-        _sum_in_value_order(amount).alias("spend"),
-        _sum_in_value_order(F.when(days_before < 365, amount)).alias("spend_365d"),
+        _exact_sum(amount).alias("spend"),
+        _exact_sum(F.when(days_before < 365, amount)).alias("spend_365d"),
         F.max("ts").alias("last_event_ts"),
         (F.unix_timestamp(cutoff) - F.unix_timestamp(F.max("ts"))).alias("_recency_s"),
         (F.unix_timestamp(cutoff) - F.unix_timestamp(F.max(F.when(is_purchase, F.col("ts"))))).alias("_purchase_recency_s"),
@@ -150,18 +164,19 @@ def review_phrase(reviews: DataFrame, *, max_words: int) -> Column:
     return F.concat_ws(" ", F.date_format("ts", "MM-dd"), F.lit("review"), stars, F.when(cut != "", cut))
 
 
-def user_event_lists(events: DataFrame, items: DataFrame, *, reviews: DataFrame | None = None,
+def user_event_lists(events: DataFrame, items: DataFrame | None, *, reviews: DataFrame | None = None,
                      review_max_words: int = 40, encoding: str = "events") -> DataFrame:
     """Every event (and review) of each user as one time-ordered list, to cut as of any day.
 
-    Input: canonical events and items, and optionally canonical reviews, whose phrases interleave
+    Input: canonical events and items (`items=None`: the events already carry the item attributes,
+    `with_item_attributes`), and optionally canonical reviews, whose phrases interleave
     with the events by time (a review is an event of the text). Output: user_id, events (an array of
     `ts`, `item_id`, `phrase` structs, sorted; with `encoding="days"` each struct also holds `day`,
     `kind`, `what` and `quantity` for `day_lines`). Built once, it serves the texts of several as-of
     days (`behaviour_text`): one join with the item catalogue and one sort per user instead of one each.
     """
     _check_encoding(encoding)
-    titled = with_item_attributes(events, items)
+    titled = _titled(events, items)
     by_day = encoding == "days"
 
     def entry(item_id: Column, phrase: Column, kind: Column, what: Column, quantity: Column) -> Column:
@@ -333,7 +348,7 @@ def assign_split(users: DataFrame, *, seed: int, valid_fraction: float, test_fra
 def fuse_user_sequences(
     events: DataFrame,
     users: DataFrame,
-    items: DataFrame,
+    items: DataFrame | None,
     *,
     as_of: AsOf,
     max_events: int,
@@ -349,7 +364,8 @@ def fuse_user_sequences(
     """One row per user: `text` (attributes [SEP] behaviour), numeric features, the user's static
     attributes (`numeric_attributes`, `categorical_attributes`: `attribute_features` with
     `attribute_kinds`), `label`, `as_of` (the day, a date) and `as_of_ts` (the exact instant, a
-    timestamp: midnight UTC of the day unless `as_of` is a datetime).
+    timestamp: midnight UTC of the day unless `as_of` is a datetime). `items=None`: the events
+    already carry the item attributes (`with_item_attributes`, joined once for several calls).
 
     Features use events strictly before `as_of`. `population`: `any_event` keeps every user with
     an event before `as_of` (plus users known only from the users table); `active` keeps only the
@@ -364,7 +380,7 @@ def fuse_user_sequences(
     as it is, whatever `as_of` (only the events are cut at it).
     """
     # Category counts see the catalogue's categories too (with_item_attributes).
-    features = user_numeric_features(with_item_attributes(events, items), as_of=as_of)
+    features = user_numeric_features(_titled(events, items), as_of=as_of)
     if population == "purchasers":
         base = features.filter(F.col("n_purchase") > 0).select("user_id")
     elif population == "active":
