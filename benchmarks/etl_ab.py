@@ -14,14 +14,14 @@ benchmarks/.cache). Timings of side-by-side runs on a shared machine are only co
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+import etl  # benchmarks/etl.py: benchmarks/ is the script's own folder, first on sys.path
+
 # Lake tables the comparison hashes: every table clean and fuse write.
 TABLES = (("clean", "events"), ("clean", "users"), ("clean", "items"), ("clean", "labels"), ("clean", "reviews"),
           ("quarantine", "events"), ("quarantine", "users"), ("quarantine", "items"), ("quarantine", "reviews"),
@@ -29,14 +29,7 @@ TABLES = (("clean", "events"), ("clean", "users"), ("clean", "items"), ("clean",
 log = logging.getLogger("benchmarks.etl_ab")
 
 
-def _etl_module():
-    spec = importlib.util.spec_from_file_location("etl_bench", ROOT / "benchmarks" / "etl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def sql_profile(spark, etl) -> list[dict[str, Any]]:
+def sql_profile(spark) -> list[dict[str, Any]]:
     """Per SQL execution (the stages run by adaptive execution are named after no call site, but
     their execution is): description, wall seconds and the executor seconds of its stages."""
     def get(path: str) -> Any:
@@ -57,11 +50,10 @@ def run(events: int, lake: Path, label: str, output: Path | None) -> dict[str, A
     """Clean + fuse of the cached synthetic input into `lake` (kept for `compare`)."""
     import ecominsight
 
-    etl = _etl_module()
     data = etl.synthetic_input(events)
     with etl.benchmark_session() as spark:
         result = etl.run_spark(spark, str(data / "preset.yaml"), lake_dir=lake, overrides=["fuse.cutoff=null"])
-        result["sql_profile"] = sql_profile(spark, etl)
+        result["sql_profile"] = sql_profile(spark)
     result = {"label": label, "ecominsight": str(Path(ecominsight.__file__).parent), "events": events, **result}
     if output is not None:
         runs = json.loads(output.read_text()) if output.exists() else []

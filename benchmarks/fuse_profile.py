@@ -14,19 +14,12 @@ Settings as benchmarks/etl.py runs them (`fuse.cutoff=null`, the events text enc
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import etl  # benchmarks/etl.py: benchmarks/ is the script's own folder, first on sys.path
+
 SHOWN_METRICS = ("time", "number of output rows", "spill")
-
-
-def _etl_module():
-    spec = importlib.util.spec_from_file_location("etl_bench", ROOT / "benchmarks" / "etl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:
@@ -41,7 +34,6 @@ def main() -> None:
     from ecominsight.config import load_config
     from ecominsight.io import Lake
 
-    etl = _etl_module()
     config = load_config("local", [f"source.preset={args.preset}", f"lake={args.lake}", f"spark.master={etl.MASTER}",
                                    *etl.SPARK_OVERRIDES, "fuse.cutoff=null", *args.overrides])
     with etl.benchmark_session() as spark:
