@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,6 +14,23 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 REPO = Path(__file__).resolve().parent.parent
 # The presets name ../shared/data relative to the repository, so the tests look there too.
 SHARED_DATA = REPO.parent / "shared" / "data"
+# The bundled sample cut to its last months: every stage still runs (the cutoff 2011-09-10 has two
+# months of history before it and the 90-day label window after), with a quarter of the sample's
+# ~600 days as clean/events partitions; for the tests that run the whole pipeline in a child process
+# on a slow medium (an S3 server, a cluster's executors).
+SAMPLE_WINDOW = {"start": "2011-07-01 00:00:00", "end": "2011-12-31 00:00:00", "zone": "Europe/London"}
+
+
+def windowed_preset(folder: Path) -> Path:
+    """The bundled sample's preset with `SAMPLE_WINDOW` added (events outside it are quarantined),
+    written into `folder`: its path."""
+    from ecominsight.config import DEFAULT_CONF_DIR
+
+    text = (DEFAULT_CONF_DIR / "sources" / "online_retail_ii_sample.yaml").read_text()
+    target = folder / "online_retail_ii_window.yaml"
+    target.write_text(text.replace("name: online_retail_ii_sample", "name: online_retail_ii_window")
+                      + f"window: {json.dumps(SAMPLE_WINDOW)}\n")
+    return target
 
 
 @pytest.fixture(scope="session")

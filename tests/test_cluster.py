@@ -25,7 +25,7 @@ import pyspark
 import pytest
 
 from ecominsight.io import read_json, table_dataset
-from tests.conftest import REPO
+from tests.conftest import REPO, windowed_preset
 
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 # What would let the driver or the executors use this checkout or this venv instead of the package.
@@ -156,6 +156,9 @@ def cluster_run(standalone_cluster, tmp_path_factory):
         result = _run_in_own_group(
             [str(REPO / "submit.sh"), "--master", standalone_cluster["url"], "--env", "cluster", "pipeline",
              "--set", f"lake={lake}", "--set", "run_id=cluster-test",
+             # The sample's last months: ~150 days of clean/events partitions instead of ~600, for
+             # executors that each have one core.
+             "--set", f"source.preset={windowed_preset(root)}",
              "--set", "train.transformer.epochs=1", "--set", "train.transformer.max_length=32",
              "--set", "train.gradient_boosted_trees.max_iter=20", "--set", "fuse.max_events=16",
              # conf/cluster.yaml's 200 shuffle partitions are for real data; 2 executor cores need few.

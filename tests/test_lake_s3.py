@@ -24,31 +24,17 @@ import pytest
 
 from ecominsight import catalog
 from ecominsight.io import Lake
+from tests.conftest import windowed_preset
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_ID = "s3pipe"
 PIPELINE_TIMEOUT_S = 1500
-# The bundled sample cut to its last months: every stage still runs (the cutoff 2011-09-10 has two
-# months of history before it and the 90-day label window after), with a quarter of the sample's
-# ~600 days as clean/events partitions, each of which is a few requests to the S3 server per read.
-WINDOW = {"start": "2011-07-01 00:00:00", "end": "2011-12-31 00:00:00", "zone": "Europe/London"}
 # The fastest settings that run every stage; two gloo ranks, as a cluster would train.
 FAST = ("train.transformer.epochs=1", "train.transformer.num_processes=2", "train.transformer.max_length=64",
         "fuse.max_events=16", f"run_id={RUN_ID}")
 MODELS = ("lr", "gbt", "transformer", "hybrid")
 REPORTS = ("clean.json", "data_quality.json", "fuse.json", "train.json", "score.json", "insights.json",
            "register.json", "report.html")
-
-
-def windowed_preset(folder: Path) -> Path:
-    """The bundled sample's preset with `WINDOW` added (events outside it are quarantined)."""
-    from ecominsight.config import DEFAULT_CONF_DIR
-
-    text = (DEFAULT_CONF_DIR / "sources" / "online_retail_ii_sample.yaml").read_text()
-    target = folder / "online_retail_ii_window.yaml"
-    target.write_text(text.replace("name: online_retail_ii_sample", "name: online_retail_ii_window")
-                      + f"window: {json.dumps(WINDOW)}\n")
-    return target
 
 
 def overrides(lake: str, preset: Path, encoder: str) -> list[str]:
