@@ -289,8 +289,8 @@ def main() -> None:
                          "max_test_prob_delta": float(np.abs(test_p - test_fp32).max()),
                          "verdict": compression_verdict(one_process / seconds, comparison, len(test))}
     options["onnx"]["spark_speedup"] = spark / spark_onnx
-    # bf16 needs a GPU here (ScoreConfig.precision): benchmarks/gpu_scoring.py measures it there.
-    options["bf16"] = {"verdict": "not judged: GPU only (benchmarks/gpu_scoring.py)"}
+    # bf16 needs a GPU here (ScoreConfig.precision): benchmarks/gpu.py measures it there.
+    options["bf16"] = {"verdict": "not judged: GPU only (benchmarks/gpu.py)"}
     stage_seconds, stage_users = min(rounds["score_stage"])
     plain_current, _ = fastest("plain_current_users")
     # FLOPs of the padded batches actually run (bucketed), averaged per sequence.

@@ -13,10 +13,13 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ecominsight import storage
 from ecominsight.errors import ModelPathError
+
+if TYPE_CHECKING:
+    from ecominsight.config import TransformerConfig
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +190,22 @@ class TrainSpec:
         if self.max_train_users is not None:
             shaping["max_train_users"] = self.max_train_users
         return stable_hash({**shaping, "output_dir": None, "world": world})
+
+
+def transformer_spec(settings: TransformerConfig, *, data_path: str, output_dir: str,
+                     extra_tokens: list[str]) -> TrainSpec:
+    """The training spec every rank receives, from the transformer settings (no checkpoint folder yet)."""
+    from ecominsight.schema import NUMERIC_FEATURES
+
+    return TrainSpec(
+        data_path=data_path, output_dir=output_dir, pretrained=settings.pretrained, extra_tokens=tuple(extra_tokens),
+        max_length=settings.max_length, epochs=settings.epochs, batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate, head_learning_rate=settings.head_learning_rate,
+        weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio, seed=settings.seed,
+        positive_class_weight=settings.positive_class_weight,
+        numeric_features=NUMERIC_FEATURES if settings.numeric_features else (),
+        freeze_layers=settings.freeze_layers, max_train_users=settings.max_train_users, use_gpu=settings.use_gpu,
+    )
 
 
 def train_worker(spec: TrainSpec) -> None:

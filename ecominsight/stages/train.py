@@ -20,8 +20,7 @@ from ecominsight.config import Config, TrainConfig, TransformerConfig, config_to
 from ecominsight.errors import LakeError
 from ecominsight.io import Lake, read_json, write_json
 from ecominsight.models import transformer
-from ecominsight.models.transformer import CJK_RANGES, TrainSpec
-from ecominsight.schema import NUMERIC_FEATURES
+from ecominsight.models.transformer import CJK_RANGES, transformer_spec  # noqa: F401  (tests import it here)
 from ecominsight.stages.base import StageResult
 
 if TYPE_CHECKING:
@@ -74,20 +73,6 @@ def cjk_characters(texts: DataFrame) -> DataFrame:
     """Input: a `text` column. Output: one row per distinct CJK character in it (column `c`)."""
     characters = F.explode(F.split(F.regexp_replace("text", f"[^{CJK_RANGES}]", ""), "")).alias("c")
     return texts.select(characters).filter(F.col("c") != "").distinct()
-
-
-def transformer_spec(settings: TransformerConfig, *, data_path: str, output_dir: str,
-                     extra_tokens: list[str]) -> TrainSpec:
-    """The training spec every rank receives, from the transformer settings (no checkpoint folder yet)."""
-    return TrainSpec(
-        data_path=data_path, output_dir=output_dir, pretrained=settings.pretrained, extra_tokens=tuple(extra_tokens),
-        max_length=settings.max_length, epochs=settings.epochs, batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate, head_learning_rate=settings.head_learning_rate,
-        weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio, seed=settings.seed,
-        positive_class_weight=settings.positive_class_weight,
-        numeric_features=NUMERIC_FEATURES if settings.numeric_features else (),
-        freeze_layers=settings.freeze_layers, max_train_users=settings.max_train_users, use_gpu=settings.use_gpu,
-    )
 
 
 # split -> {"user_id": [...], "label": [...], "probability": [...]}, users in user_id order
