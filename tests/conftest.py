@@ -75,22 +75,36 @@ def tiny_encoder(tmp_path_factory) -> str:
     return str(target)
 
 
-@pytest.fixture(scope="session")
-def pipeline_run(spark, tiny_encoder, tmp_path_factory):
-    """The whole pipeline once on the bundled sample with the tiny encoder, shared by the tests that
-    read a real run's lake: (spark, config, lake, summary). Tests that change the lake copy it first."""
+# The shared runs' settings: the tiny encoder for one epoch on one gloo rank, short texts.
+FAST_PIPELINE = ("train.transformer.epochs=1", "train.transformer.num_processes=1", "train.transformer.max_length=64",
+                 "fuse.max_events=16")
+
+
+def _classic_pipeline(spark, folder: Path, run_id: str, *overrides: str):
     from ecominsight.config import load_config
     from ecominsight.io import Lake
     from ecominsight.stages import run_stage
 
-    lake_root = tmp_path_factory.mktemp("lake")
-    config = load_config("local", [
-        f"lake={lake_root}", f"train.transformer.pretrained={tiny_encoder}", "train.transformer.epochs=1",
-        "train.transformer.num_processes=1", "train.transformer.max_length=64", "fuse.max_events=16",
-    ])
+    config = load_config("local", [f"lake={folder / 'lake'}", *overrides, *FAST_PIPELINE])
     lake = Lake(config.lake_path)
-    summary = run_stage("pipeline", spark, config, lake, "e2e")
-    return spark, config, lake, summary
+    return spark, config, lake, run_stage("pipeline", spark, config, lake, run_id)
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(spark, tiny_encoder, tmp_path_factory):
+    """The whole pipeline once on the bundled sample with the tiny encoder, shared by the tests that
+    read a real run's lake: (spark, config, lake, summary). Tests that change the lake copy it first."""
+    return _classic_pipeline(spark, tmp_path_factory.mktemp("pipeline"), "e2e", f"train.transformer.pretrained={tiny_encoder}")
+
+
+@pytest.fixture(scope="session")
+def windowed_run(spark, tiny_encoder, tmp_path_factory):
+    """`pipeline_run` on the sample's last months (`windowed_preset`): the classic reference of the
+    tests that run the same pipeline through a slower medium (an S3 lake, Spark Connect). The same
+    tuple; its lake is only read."""
+    folder = tmp_path_factory.mktemp("windowed")
+    return _classic_pipeline(spark, folder, "windowed", f"source.preset={windowed_preset(folder)}",
+                             f"train.transformer.pretrained={tiny_encoder}")
 
 
 # A real S3-compatible server on loopback and the cached s3a jars (tests/s3_server.py).

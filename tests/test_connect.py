@@ -1,6 +1,7 @@
 """Spark Connect: pyspark's own Connect server on loopback, and the whole pipeline (clean, fuse, train
 with TorchDistributor, score with predict_batch_udf, insights, then register) run through it by the
-CLI's `--remote`, giving the row counts and metrics of the classic session's run (`pipeline_run`).
+CLI's `--remote`, giving the row counts and metrics of the classic session's run of the same settings on
+the same data (`windowed_run`: the bundled sample's last months).
 
 Every Connect client runs in a child process: creating one marks the whole process as Spark Connect
 (pyspark sets SPARK_CONNECT_MODE_ENABLED), which would turn the classic `spark` fixture's later
@@ -24,10 +25,11 @@ import pytest
 from ecominsight.catalog import CURRENT_SEQUENCES, USER_SCORES
 from ecominsight.io import Lake, read_json
 from ecominsight.session import embedded_metastore_conf
+from tests.conftest import FAST_PIPELINE, windowed_preset
 from tests.s3_server import _free_port
 from tests.test_faults import full_disk  # noqa: F401  (a fixture: a 512 KiB tmpfs)
 
-# The first test's setup runs the pipeline twice (classic, for `pipeline_run`, and through Connect).
+# The first test's setup may run the pipeline twice (classic, for `windowed_run`, and through Connect).
 pytestmark = pytest.mark.timeout(1800)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,15 +150,15 @@ def assert_same_results(connect, classic, where: str = "", *, skip: frozenset[st
 
 
 @pytest.fixture(scope="module")
-def connect_run(connect_server, pipeline_run, tiny_encoder, tmp_path_factory):
+def connect_run(connect_server, windowed_run, tiny_encoder, tmp_path_factory):
     """The pipeline, then register, then score once more with the transformer (whatever the
     champion, so that predict_batch_udf runs), all through the Connect server by the CLI, with the
-    settings of the classic `pipeline_run` (and its session's shuffle partitions) and two secrets:
+    data and settings of the classic `windowed_run` (and its session's shuffle partitions) and two secrets:
     (lake root, run id of the pipeline, CLI output of the three runs)."""
     lake_root = tmp_path_factory.mktemp("connect_lake")
-    settings = [f"lake={lake_root}", f"train.transformer.pretrained={tiny_encoder}", "train.transformer.epochs=1",
-                "train.transformer.num_processes=1", "train.transformer.max_length=64", "fuse.max_events=16",
-                "run_id=connect", "spark.conf.spark.sql.shuffle.partitions=4",
+    preset = windowed_preset(tmp_path_factory.mktemp("connect_preset"))
+    settings = [f"lake={lake_root}", f"source.preset={preset}", f"train.transformer.pretrained={tiny_encoder}",
+                *FAST_PIPELINE, "run_id=connect", "spark.conf.spark.sql.shuffle.partitions=4",
                 f"spark.conf.spark.hadoop.fs.s3a.session.token={TOKEN_SECRET}"]
     overrides = [arg for setting in settings for arg in ("--set", setting)]
     secrets = {"ECOMINSIGHT_PSEUDONYM_KEY": PSEUDONYM_SECRET}
@@ -173,9 +175,9 @@ def connect_run(connect_server, pipeline_run, tiny_encoder, tmp_path_factory):
     return lake_root, "connect", "".join(run.stdout + run.stderr for run in (pipeline, register, score))
 
 
-def test_the_pipeline_through_spark_connect_matches_the_classic_session(connect_run, pipeline_run):
+def test_the_pipeline_through_spark_connect_matches_the_classic_session(connect_run, windowed_run):
     lake_root, run_id, logs = connect_run
-    _, _, _, classic = pipeline_run
+    _, _, _, classic = windowed_run
     reports = lake_root / "reports" / run_id
     assert "connected to the Spark Connect server at 127.0.0.1:" in logs and "(master local[2])" in logs
     assert "Started local training with 1 processes" in logs  # TorchDistributor, local_mode as configured
@@ -195,7 +197,7 @@ def test_the_pipeline_through_spark_connect_matches_the_classic_session(connect_
                             skip=frozenset() if same_champion else frozenset(CHAMPION_DEPENDENT))
 
 
-def test_predict_batch_udf_through_spark_connect_gives_the_classic_sessions_probabilities(connect_run, pipeline_run):
+def test_predict_batch_udf_through_spark_connect_gives_the_classic_sessions_probabilities(connect_run, windowed_run):
     """The transformer's scores of the Connect run (predict_batch_udf in the server's Python workers)
     against the same model on the same users scored by the library in the classic session. Compared
     as sorted lists: the stored ids are pseudonyms, under the Connect run's key."""
@@ -204,7 +206,7 @@ def test_predict_batch_udf_through_spark_connect_gives_the_classic_sessions_prob
     from ecominsight.models.scoring import transformer_probability
 
     lake_root, _, _ = connect_run
-    spark, config, _, _ = pipeline_run
+    spark, config, _, _ = windowed_run
     scored = read_json(lake_root / "reports" / "connect-transformer" / "score.json")
     assert scored["model_name"] == "transformer"
     model_dir = lake_root / "models" / "transformer" / scored["model_version"]
@@ -218,7 +220,7 @@ def test_predict_batch_udf_through_spark_connect_gives_the_classic_sessions_prob
     assert_same_results(sorted(connect["probability"]), sorted(classic["probability"]), "probabilities")
 
 
-def test_register_through_spark_connect_fills_the_servers_metastore(connect_run, connect_server, pipeline_run):
+def test_register_through_spark_connect_fills_the_servers_metastore(connect_run, connect_server, windowed_run):
     """register ran in its own client session, which it stopped; the server kept running, and a new
     session sees the tables in the server's Hive metastore."""
     lake_root, run_id, _ = connect_run
@@ -229,7 +231,7 @@ def test_register_through_spark_connect_fills_the_servers_metastore(connect_run,
                       "users = spark.table('ecominsight.scores_user_scores').count()",
                       "result = {'names': names, 'users': users}")
     assert set(registered["tables"]) <= set(seen["names"])
-    assert seen["users"] == pipeline_run[3]["score"].users_scored
+    assert seen["users"] == windowed_run[3]["score"].users_scored
 
 
 def test_register_copies_managed_tables_through_spark_connect(connect_run, connect_server):

@@ -2,11 +2,12 @@
 (`python -m ecominsight pipeline`) in a child process, then `register` into an embedded Hive metastore,
 all against the loopback S3 server (moto, tests/s3_server.py). TorchDistributor's two gloo ranks and the
 predict_batch_udf workers read and write the bucket through s3fs there, Spark through S3A and its
-committers. The same pipeline on a local lake must give the same tables with the same row counts; the
-bucket must hold nothing outside the lake's documented layout (README, "What runs"; io.Lake).
+committers. The same pipeline on a local lake (the suite's `windowed_run`, in its session; one rank where
+this run trains on two, which moves no row count) must give the same tables with the same row counts;
+the bucket must hold nothing outside the lake's documented layout (README, "What runs"; io.Lake).
 
 The child processes exist because the cloud jars must be on the JVM's classpath when it starts (see
-tests/test_storage.py); the local run uses the suite's session. Skips, saying why, without moto or the
+tests/test_storage.py). Skips, saying why, without moto or the
 jars (.ci/fetch-jars); CI has both."""
 
 from __future__ import annotations
@@ -101,26 +102,11 @@ def s3_run(s3_server, cloud_jars, tiny_encoder, tmp_path_factory):
         yield lake_uri, json.loads(counts_file.read_text()), seconds
 
 
-@pytest.fixture(scope="module")
-def local_run(spark, tiny_encoder, tmp_path_factory):
-    """The same pipeline on a local lake, in the suite's session: the Lake."""
-    from ecominsight.config import load_config
-    from ecominsight.stages import run_stage
-
-    scratch = tmp_path_factory.mktemp("localpipe")
-    config = load_config("local", overrides(str(scratch / "lake"), windowed_preset(scratch), tiny_encoder))
-    lake = Lake(config.lake_path, retain_versions_minutes=config.storage.retain_versions_minutes)
-    started = time.monotonic()
-    run_stage("pipeline", spark, config, lake, RUN_ID)
-    print(f"\nlocal pipeline (same settings): {time.monotonic() - started:.0f} s")
-    return lake
-
-
-def test_the_s3a_pipeline_gives_the_local_pipelines_tables_and_row_counts(s3_run, local_run):
+def test_the_s3a_pipeline_gives_the_local_pipelines_tables_and_row_counts(s3_run, windowed_run):
     lake_uri, _, _ = s3_run
     on_s3 = row_counts(Lake(lake_uri))
     print(json.dumps(on_s3, indent=1))
-    assert on_s3 == row_counts(local_run)
+    assert on_s3 == row_counts(windowed_run[2])
     assert {"clean/events", "features/user_sequences", "scores/user_scores", "scores/explanations",
             "insights/user_profiles", "insights/recommendations"} <= set(on_s3)
     assert on_s3["quarantine/events"] > 0  # the window's outside_window rows, with the sample's own

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.conftest import windowed_preset
 from tests.s3_server import _free_port
 
 # The client (the mlflow extra), and what the server needs beyond it: SQLAlchemy and alembic for its
@@ -103,7 +104,9 @@ def tracked(spark, tiny_encoder, mlflow_server, tmp_path_factory):
     from ecominsight.stages import run_stage
 
     lake_root = tmp_path_factory.mktemp("tracked-lake")
-    config = load_config("local", _overrides(lake_root, tiny_encoder, mlflow_server))
+    # The sample's last months: what is tracked does not depend on how much history there is.
+    preset = windowed_preset(tmp_path_factory.mktemp("tracked-preset"))
+    config = load_config("local", [*_overrides(lake_root, tiny_encoder, mlflow_server), f"source.preset={preset}"])
     lake = Lake(config.lake_path)
     for stage in ("clean", "fuse"):
         run_stage(stage, spark, config, lake, RUN_ID)
@@ -219,6 +222,7 @@ def test_score_through_the_registry_alias_writes_what_the_lake_pointer_gives(tra
     expected = _probabilities(spark, lake, by_pointer.score_date)
     champion = train.champion["model"]
     aliased_config = load_config("local", [*_overrides(lake.root, tiny_encoder, mlflow_server),
+                                           f"source.preset={config.source.preset}",
                                            f"score.model=models:/{PREFIX}{champion}@champion"])
     by_alias = run_stage("score", spark, aliased_config, lake, "score-alias")["score"]
     assert (by_alias.model_name, by_alias.model_version) == (by_pointer.model_name, by_pointer.model_version) == \
@@ -250,7 +254,8 @@ def test_a_train_whose_tracking_fails_publishes_nothing(tracked, spark, tiny_enc
     config, lake, train = tracked
     client = _client(mlflow_server)
     client.delete_experiment(client.create_experiment("deleted"))
-    broken = load_config("local", [*_overrides(lake.root, tiny_encoder, mlflow_server), "tracking.experiment=deleted"])
+    broken = load_config("local", [*_overrides(lake.root, tiny_encoder, mlflow_server), f"source.preset={config.source.preset}",
+                                    "tracking.experiment=deleted"])
     # The transformer resumes from its checkpoints: this retrains the baselines only.
     with pytest.raises(TrackingError, match="tracking.experiment 'deleted' is deleted in MLflow"):
         run_stage("train", spark, broken, lake, "untracked")
