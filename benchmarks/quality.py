@@ -15,7 +15,8 @@ stage once the champion is chosen).
 
 Cost, per model (`train_cpu_s`, `train_wall_s`, `score_users_per_s`): a CPU meter (cpu_meter.py) samples
 this process tree during train (the JVM, its Python workers, the TorchDistributor ranks) and each
-model's fit window (recorded by the train stage) gives its CPU-seconds; then the score stage runs once
+model's fit window (recorded by the train stage; the fits run one after another here,
+`train.concurrent_baselines=false`) gives its CPU-seconds; then the score stage runs once
 per model on every current user (full mode, no explanations) and its users per wall second are the
 scoring cost, read, write and model load included. `--render-costs` prints that table.
 """
@@ -171,7 +172,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with model_benchmark_session("ecominsight-quality") as spark:
         for name in args.datasets:
-            overrides = [f"lake={WORK / name / 'lake'}", *DATASETS[name], *args.overrides]
+            # One fit at a time: each fit window's CPU-seconds must be that model's alone.
+            overrides = [f"lake={WORK / name / 'lake'}", *DATASETS[name], "train.concurrent_baselines=false", *args.overrides]
             if name in PLANTED:
                 overrides.append(f"source.preset={prepare_planted(name, users=args.planted_users, seed=11)}")
             config = load_config("local", overrides)

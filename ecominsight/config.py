@@ -171,6 +171,9 @@ class TrainConfig:
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     # auto: the model with the best validation ROC-AUC scores the users; a model name forces that one
     champion: str = field(default="auto", metadata=rule(choices=("auto", "lr", "gbt", "transformer", "hybrid")))
+    # With the transformer's processes on the driver (transformer.local_mode), LR and GBT fit while it trains;
+    # false: one after another, so that each fit's wall and CPU time are its own (benchmarks/quality.py)
+    concurrent_baselines: bool = True
 
 
 SCORING_MODELS = ("champion", "lr", "gbt", "transformer", "hybrid")

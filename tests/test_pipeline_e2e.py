@@ -82,16 +82,21 @@ def test_metrics_are_real_numbers_for_every_model(pipeline_run):
 
 
 def test_each_fit_records_its_cost_beside_its_metrics(pipeline_run):
-    """Wall seconds and start time of every model's fit, in metrics.json and the train report alike;
-    the fits run one after another, in the stage's order (a CPU meter attributes its samples by them)."""
-    _, _, _, summary = pipeline_run
-    train, windows = summary["train"], []
+    """Wall seconds and start time of every model's fit, in metrics.json and the train report alike.
+    With local-mode training (the default) the transformer trains while LR and then GBT fit, and each
+    says so (`cost.concurrent`); the hybrid's stacker comes after all three."""
+    _, config, _, summary = pipeline_run
+    assert config.train.concurrent_baselines and config.train.transformer.local_mode
+    train, windows = summary["train"], {}
     for model in ("lr", "gbt", "transformer", "hybrid"):
         cost = train.metrics[model]["cost"]
         assert read_json(Path(train.model_dirs[model]) / "metrics.json")["cost"] == cost
         assert cost["fit_seconds"] > 0
-        windows.append((cost["fit_started_at"], cost["fit_started_at"] + cost["fit_seconds"]))
-    assert all(end <= next_start + 0.01 for (_, end), (next_start, _) in zip(windows, windows[1:]))
+        assert cost["concurrent"] is (model != "hybrid")
+        windows[model] = (cost["fit_started_at"], cost["fit_started_at"] + cost["fit_seconds"])
+    assert windows["lr"][1] <= windows["gbt"][0] + 0.01  # the baselines one after the other
+    assert windows["transformer"][0] < windows["lr"][1]  # the transformer beside them
+    assert max(end for _, end in list(windows.values())[:3]) <= windows["hybrid"][0] + 0.01
 
 
 def test_the_champion_is_the_best_model_on_validation_and_scores_the_users(pipeline_run):

@@ -194,8 +194,14 @@ def test_the_transformer_trains_on_at_most_max_train_users_with_frozen_lower_lay
         "train.transformer.freeze_layers=1",
         # small baselines: this test is about the transformer's sample
         "train.gradient_boosted_trees.max_iter=2", "train.logistic_regression.max_iter=5",
+        # one fit after another, as benchmarks/quality.py runs them to attribute CPU time per model
+        "train.concurrent_baselines=false",
     ]
     train = run_stage("train", spark, load_config("local", overrides), lake, "flat-capped")["train"]
+    windows = [(cost["fit_started_at"], cost["fit_started_at"] + cost["fit_seconds"])
+               for cost in (train.metrics[name]["cost"] for name in ("lr", "gbt", "transformer"))]
+    assert all(end <= next_start + 0.01 for (_, end), (next_start, _) in zip(windows, windows[1:]))
+    assert not any(train.metrics[name]["cost"]["concurrent"] for name in ("lr", "gbt", "transformer"))
     assert train.metrics["transformer"]["n_train"] == 40 and train.metrics["transformer"]["n_train_available"] == available > 40
     assert len(train.metrics["transformer"]["history"]) == 1
     # The baselines keep the whole train split; every model is tested on the same users.

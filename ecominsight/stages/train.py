@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -98,15 +99,16 @@ def _evaluate(predictions: Predictions) -> dict[str, Any]:
     return evaluate_splits(*((predictions[s]["label"], predictions[s]["probability"]) for s in ("valid", "test")))
 
 
-def _with_cost(name: str, lake: Lake, version: str,
-               fit: Callable[[], tuple[dict[str, Any], Predictions]]) -> tuple[dict[str, Any], Predictions]:
+def _with_cost(name: str, lake: Lake, version: str, fit: Callable[[], tuple[dict[str, Any], Predictions]], *,
+               concurrent: bool = False) -> tuple[dict[str, Any], Predictions]:
     """Run one model's fit and record what it cost beside its metrics (metrics.json and the returned
     metrics): `cost.fit_seconds` (wall) and `cost.fit_started_at` (unix time, so that a benchmark's CPU
-    meter can attribute CPU-seconds to the fit). The hybrid's cost is its stacker's alone; its
-    components' costs are theirs."""
+    meter can attribute CPU-seconds to the fit), and `cost.concurrent`: whether it ran beside another
+    fit (`train.concurrent_baselines`), whose time then overlaps its own. The hybrid's cost is its
+    stacker's alone; its components' costs are theirs."""
     started_at, clock = time.time(), time.perf_counter()
     metrics, predictions = fit()
-    cost = {"fit_started_at": started_at, "fit_seconds": round(time.perf_counter() - clock, 3)}
+    cost = {"fit_started_at": started_at, "fit_seconds": round(time.perf_counter() - clock, 3), "concurrent": concurrent}
     metrics_file = lake.model_dir(name, version) / "metrics.json"
     write_json(metrics_file, {**read_json(metrics_file), "cost": cost})
     log.info("train: %s fitted in %.1f s", name, cost["fit_seconds"])
@@ -239,12 +241,22 @@ def run_train(spark: SparkSession, config: Config, lake: Lake, run_id: str) -> T
     features = baseline.feature_spec(train_split)
     log.info("train: baselines see %d numeric features, numeric attributes %s, categorical attributes %s",
              len(features.numeric), list(features.numeric_attributes), dict(features.categorical_attributes))
-    fitted = {}
-    for name, pipeline in baseline_pipelines(config.train, features).items():
-        fitted[name] = _with_cost(name, lake, version,
-                                  lambda: _fit_baseline(name, pipeline, features, data, lake, version, lineage))
-    fitted[TRANSFORMER_MODEL] = _with_cost(TRANSFORMER_MODEL, lake, version, lambda: _train_transformer(
-        config.train.transformer, lake, train_split, lineage))
+    # Local-mode training processes run beside Spark's executors, and the baselines' MLlib jobs are mostly
+    # scheduling latency on small data: overlapping them hides the baselines' time. Distributed training
+    # takes executor slots for its barrier stage, so there the fits stay one after another.
+    concurrent = config.train.concurrent_baselines and config.train.transformer.local_mode
+
+    def fit_transformer() -> tuple[dict[str, Any], Predictions]:
+        return _with_cost(TRANSFORMER_MODEL, lake, version, lambda: _train_transformer(
+            config.train.transformer, lake, train_split, lineage), concurrent=concurrent)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="transformer") as background:
+        transformer_fit = background.submit(fit_transformer) if concurrent else None
+        fitted = {}
+        for name, pipeline in baseline_pipelines(config.train, features).items():
+            fitted[name] = _with_cost(name, lake, version, concurrent=concurrent,
+                                      fit=lambda: _fit_baseline(name, pipeline, features, data, lake, version, lineage))
+        fitted[TRANSFORMER_MODEL] = transformer_fit.result() if transformer_fit else fit_transformer()
     valid_labels = fitted[LR_MODEL][1]["valid"]["label"]
     if len(set(valid_labels)) == 2:
         components = {name: p for name, (_, p) in fitted.items()}
