@@ -35,14 +35,15 @@ def windowed_preset(folder: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def spark():
+    from ecominsight.config import load_config
     from ecominsight.session import spark_session
 
     with spark_session(
         "ecominsight-tests", "local[2]",
         {"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "spark.default.parallelism": "2",
          "spark.driver.extraJavaOptions": f"-Dderby.system.home={REPO / '.pytest_cache'}",
-         # as conf/local.yaml: the sample's 593 day folders listed by the driver, not by a Spark job per read
-         "spark.sql.sources.parallelPartitionDiscovery.threshold": "4096"},
+         # conf/local.yaml's listing threshold: the sample's 593 day folders listed by the driver, not by a Spark job per read
+         **{key: value for key, value in load_config("local").spark.conf.items() if key.startswith("spark.sql.sources.")}},
     ) as session:
         yield session
 
