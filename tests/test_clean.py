@@ -51,6 +51,33 @@ def test_normalize_id_handles_float_renderings_and_null_tokens(spark):
     assert got == ["266079", "42", None, None, "a1.0", "17850", None]
 
 
+# Values at the edges of the shortcuts in clean_text, normalize_id and _number (a text taken as it is,
+# the float regex only on dotted ids, lower-casing only of short texts): tabs, doubled, leading and
+# non-breaking spaces, markup, marks, a dotless float, case-expanding and long null-like texts.
+EDGE_TEXTS = ["ab", "a b", "a  b", " a", "a ", "a\tb", "a\u00a0b", "<i>a</i>", "a&amp;b", "e\u0301", "中文 12",
+              "266079.0", "-3.00", "1.5", "7.", ".0", "NaN", " N/A ", "NONE", "İ", "nulls", "nan!", "", " ", None]
+
+
+def test_shortcuts_give_what_the_full_rules_give(spark):
+    """The fast paths of the clean rules return exactly what the rules spelled out in full return."""
+    frame = spark.createDataFrame([(v,) for v in EDGE_TEXTS], "v string")
+    v = F.col("v")
+    text = F.regexp_replace(v, clean.HTML_TAG, " ")
+    text = F.regexp_replace(F.regexp_replace(text, clean.HTML_ENTITY, " "), clean.NOT_TEXT, " ")
+    text = F.trim(F.regexp_replace(text, r"\s+", " "))
+    full_text = F.when(text != "", text)
+    trimmed = F.regexp_replace(F.trim(v), r"^(-?\d+)\.0+$", "$1")
+    full_id = F.when(trimmed.isNotNull() & ~F.lower(trimmed).isin(*clean.NULL_TOKENS), trimmed)
+    number = F.trim(v).try_cast("double")
+    full_bad_number = ~(v.isNull() | F.lower(F.trim(v)).isin(*clean.NULL_TOKENS)) & F.when(
+        ~F.isnan(number) & (F.abs(number) < float("inf")), number).isNull()
+    rows = frame.select(v, clean.clean_text(v).alias("text"), full_text.alias("full_text"),
+                        clean.normalize_id(v).alias("id"), full_id.alias("full_id"),
+                        clean._number(v)[1].alias("bad_number"), full_bad_number.alias("full_bad_number")).collect()
+    for row in rows:
+        assert (row["text"], row["id"], row["bad_number"]) == (row["full_text"], row["full_id"], row["full_bad_number"]), row["v"]
+    assert {row["v"]: row["text"] for row in rows}["a\u00a0b"] == "a b"
+
 @pytest.mark.parametrize("unit, value, fmt, zone, expected", [
     ("s", "1511544070", "", "UTC", dt.datetime(2017, 11, 24, 17, 21, 10)),
     ("ms", "1511544070500", "", "UTC", dt.datetime(2017, 11, 24, 17, 21, 10, 500000)),
