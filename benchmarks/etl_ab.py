@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,12 @@ def run(events: int, lake: Path, label: str, output: Path | None) -> dict[str, A
     import ecominsight
 
     data = etl.synthetic_input(events)
+    load_before = os.getloadavg()[0]
     with etl.benchmark_session() as spark:
         result = etl.run_spark(spark, str(data / "preset.yaml"), lake_dir=lake, overrides=["fuse.cutoff=null"])
         result["sql_profile"] = sql_profile(spark)
-    result = {"label": label, "ecominsight": str(Path(ecominsight.__file__).parent), "events": events, **result}
+    result = {"label": label, "ecominsight": str(Path(ecominsight.__file__).parent), "events": events,
+              "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)], **result}
     if output is not None:
         runs = json.loads(output.read_text()) if output.exists() else []
         output.write_text(json.dumps([*runs, result], indent=1))

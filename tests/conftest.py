@@ -42,8 +42,9 @@ def spark():
         "ecominsight-tests", "local[2]",
         {"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "spark.default.parallelism": "2",
          "spark.driver.extraJavaOptions": f"-Dderby.system.home={REPO / '.pytest_cache'}",
-         # conf/local.yaml's listing threshold: the sample's 593 day folders listed by the driver, not by a Spark job per read
-         **{key: value for key, value in load_config("local").spark.conf.items() if key.startswith("spark.sql.sources.")}},
+         # conf/local.yaml's SQL settings, as command 1 runs them: the sample's 593 day folders listed by the
+         # driver, not by a Spark job per read; the disk caches' batches left uncompressed
+         **{key: value for key, value in load_config("local").spark.conf.items() if key.startswith("spark.sql.")}},
     ) as session:
         yield session
 
