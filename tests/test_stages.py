@@ -74,6 +74,38 @@ def test_baselines_are_built_from_their_settings(spark):  # MLlib estimators nee
     assert pipelines["gbt"].getStages()[-1].getMaxDepth() == TrainConfig().gradient_boosted_trees.max_depth
 
 
+def test_a_gbt_fit_on_the_fit_order_does_not_depend_on_how_its_rows_were_written(spark):
+    """The same users in two row orders (as two runs' shuffles may write them): GBT with subsampling
+    fits differently on the orders as written, identically on `in_fit_order` of each."""
+    import math
+    import random
+
+    from ecominsight.models import baseline
+
+    rng = random.Random(11)
+    rows = []
+    for i in range(600):
+        x1, x2 = rng.uniform(0, 10), rng.uniform(0, 10)
+        rows.append((f"u{i:04d}", x1, x2, int(rng.random() < 1 / (1 + math.exp((x2 - x1) / 3)))))
+    reordered = rows[:]
+    random.Random(12).shuffle(reordered)
+    schema = "user_id string, x1 double, x2 double, label int"
+    written = [spark.createDataFrame(r, schema).repartition(3).sortWithinPartitions("x1") for r in (rows, reordered)]
+    gbt = baseline.gradient_boosted_trees_pipeline(features=baseline.FeatureSpec(numeric=("x1", "x2")), max_depth=3,
+                                                   max_iter=10, step_size=0.1, subsampling_rate=0.8,
+                                                   min_instances_per_node=5, seed=0)
+    probe = spark.createDataFrame(rows, schema)
+
+    def probabilities(train) -> list[float]:
+        scored = baseline.with_probability(gbt.fit(train), probe, output_col="p")
+        return [r["p"] for r in scored.orderBy("user_id").collect()]
+
+    as_written = [probabilities(frame) for frame in written]
+    assert as_written[0] != as_written[1]  # the premise: row order moves the fit
+    in_order = [probabilities(baseline.in_fit_order(frame, partitions=4)) for frame in written]
+    assert in_order[0] == pytest.approx(in_order[1], abs=1e-12)
+
+
 def test_cjk_characters_are_mined_once_each(spark):
     texts = spark.createDataFrame([("买 手机 phone",), ("手机壳 case",), ("no cjk",)], "text string")
     assert sorted(r["c"] for r in cjk_characters(texts).collect()) == sorted("买手机壳")

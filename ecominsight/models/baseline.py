@@ -128,6 +128,14 @@ def gradient_boosted_trees_pipeline(*, features: FeatureSpec = FeatureSpec(), ma
     ])
 
 
+def in_fit_order(frame: DataFrame, *, partitions: int, key: str = "user_id") -> DataFrame:
+    """`frame` -> the same rows, hash-partitioned by `key` into `partitions` and sorted by `key` within
+    each: a layout that the rows alone decide. GBT draws its subsample per partition, row by row, so
+    a fit on the order a table happened to be written in (shuffles deliver rows in arrival order)
+    changes from run to run; a fit on this layout is the same fit each time."""
+    return frame.repartition(partitions, key).sortWithinPartitions(key)
+
+
 def with_probability(model: PipelineModel, users: DataFrame, *, output_col: str = "baseline_probability") -> DataFrame:
     """Add the fitted model's positive-class probability to every row; no other column changes."""
     scored = model.transform(users)

@@ -121,7 +121,8 @@ def _fit_baseline(name: str, pipeline, features: "FeatureSpec", data: DataFrame,
     FeatureSpec it saw, features.json) + metrics."""
     from ecominsight.models import baseline
 
-    model = pipeline.fit(data.filter(F.col("split") == "train"))
+    partitions = int(data.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    model = pipeline.fit(baseline.in_fit_order(data.filter(F.col("split") == "train"), partitions=partitions))
     predictions = _split_predictions(baseline.with_probability(model, data, output_col="p"), "p")
     metrics = {**_evaluate(predictions), **baseline.explain(model, features=features)}
     model_dir = lake.model_dir(name, version)
