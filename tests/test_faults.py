@@ -356,10 +356,19 @@ def _forked_python_workers() -> list[int]:
             and "pyspark.daemon" in cmdline(str(_parent(int(entry.name))))]
 
 
+def _loading_torch(pid: int) -> bool:
+    """Whether the process has mapped libtorch: a scoring worker, not one that ran only the
+    pseudonym UDF (such a worker, killed when idle, is replaced before any task sees it)."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
 def test_a_python_worker_killed_during_scoring_is_retried_and_every_user_scored_once(pipeline_run, tmp_path):
     """Injected: SIGKILL to the first Python worker that pyspark forks for the scoring UDF, while it
-    loads the model. Checked: Spark retries the task, the job completes, and the day's partition
-    holds every current user exactly once."""
+    loads the model (seen by libtorch among its mappings). Checked: Spark retries the task, the job
+    completes, and the day's partition holds every current user exactly once."""
     import shutil
 
     spark, _, lake, summary = pipeline_run
@@ -371,7 +380,7 @@ def test_a_python_worker_killed_during_scoring_is_retried_and_every_user_scored_
     killed, deadline = None, time.time() + 300
     while killed is None and time.time() < deadline and child.poll() is None:
         for pid in _forked_python_workers():
-            if _descends_from(pid, child.pid):  # not another run's worker
+            if _descends_from(pid, child.pid) and _loading_torch(pid):  # not another run's worker
                 os.kill(pid, signal.SIGKILL)
                 killed = pid
                 break
