@@ -139,13 +139,14 @@ def spark_rest(spark, path: str) -> Any:
 
 
 def _stage_profile(spark, since_stage: int) -> list[dict[str, Any]]:
-    """Executor run time per Spark job description and stage name since `since_stage`, from the UI's REST API."""
+    """Executor run time since `since_stage` per job description (ecominsight labels each table's write
+    `write <zone>/<table>`), else per stage name (an action's call site), from the UI's REST API."""
     stages = spark_rest(spark, "stages?status=complete") or []
     totals: dict[str, dict[str, Any]] = {}
     for stage in stages:
         if stage["stageId"] < since_stage:
             continue
-        key = stage["name"].split(" at ")[0] + " @ " + (stage.get("description") or stage["name"]).split("\n")[0][:80]
+        key = (stage.get("description") or stage["name"]).split("\n")[0][:80]
         entry = totals.setdefault(key, {"stage": key, "executor_run_s": 0.0, "stages": 0, "tasks": 0,
                                         "shuffle_write_mb": 0.0, "input_mb": 0.0})
         entry["executor_run_s"] += stage["executorRunTime"] / 1000
@@ -191,6 +192,8 @@ class _Deadline:
         self._thread.join()
 
 
+# The profile's largest entries kept in the results: clean's and fuse's writes and actions fit.
+PROFILE_ENTRIES = 16
 # Settings every Spark run of this benchmark uses (see run_spark).
 SPARK_OVERRIDES = ("fuse.text_encoding=events",)
 
@@ -223,13 +226,13 @@ def run_spark(spark, preset: str, *, lake_dir: Path, overrides: list[str] = (), 
         return {"spark_s": None, "spark_failure": why,
                 "spark_clean_s": round(cleaned - started, 2) if cleaned > started else None,
                 "peak_driver_rss_mb": round(sampler.peak_jvm), "peak_python_workers_rss_mb": round(sampler.peak_workers),
-                "spark_profile_top": _stage_profile(spark, first_stage)[:8]}
+                "spark_profile_top": _stage_profile(spark, first_stage)[:PROFILE_ENTRIES]}
     return {"spark_s": round(done - started, 2), "spark_clean_s": round(cleaned - started, 2),
             "spark_fuse_s": round(done - cleaned, 2), "input_rows": clean["input_rows"], "clean_rows": clean["clean_rows"],
             "quarantined_by_reason": clean["quarantined_by_reason"], "current_users": fused["current_users"],
             "training_users_by_split": fused["training_users_by_split"],
             "peak_driver_rss_mb": round(sampler.peak_jvm), "peak_python_workers_rss_mb": round(sampler.peak_workers),
-            "spark_profile_top": _stage_profile(spark, first_stage)[:8]}
+            "spark_profile_top": _stage_profile(spark, first_stage)[:PROFILE_ENTRIES]}
 
 
 def _spark_failure(err: Exception) -> str:
@@ -512,8 +515,8 @@ def bench_real(spark, *, timeout_s: int | None) -> dict[str, Any]:
     return real
 
 
-def render(results: dict[str, Any]) -> str:
-    """The BENCHMARKS.md table of an etl.json."""
+def render(results: dict[str, Any], *, profile_size: str | None = None) -> str:
+    """The BENCHMARKS.md table of an etl.json, then the Spark profile of size `profile_size`."""
     def cell(value: Any, suffix: str = "") -> str:
         return "—" if value is None else f"{value:,}{suffix}" if isinstance(value, (int, float)) else str(value)
 
@@ -531,6 +534,19 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {cell(r.get('events', r.get('input_rows')))} | {spark}{split} "
                      f"| {cell(r.get('spark_events_per_s_per_core'))} | {pandas} | {cell(r.get('duckdb_s'))} "
                      f"| {cell(r.get('spark_over_duckdb'), '×')} | {memory} | {cell(r.get('load_average_1min'))} |")
+    r = results.get("sizes", {}).get(profile_size or "", {})
+    if r.get("spark_s") and r.get("spark_profile_top"):
+        lines += ["", f"Spark's profile at {int(profile_size):,} events (its {len(r['spark_profile_top'])} largest entries; "
+                      f"executor seconds over {results.get('machine', {}).get('cores', '?')} cores, "
+                      f"clean+fuse took {r['spark_s']} s wall):", "",
+                  "| job description or call site | executor s | share of those listed | stages | tasks | input MB | shuffle write MB |",
+                  "|---|---|---|---|---|---|---|"]
+        total = sum(entry["executor_run_s"] for entry in r["spark_profile_top"])
+        for entry in r["spark_profile_top"]:
+            label = entry["stage"].split("<br/>")[0].replace("|", "/")
+            lines.append(f"| {label} | {cell(entry['executor_run_s'])} "
+                         f"| {entry['executor_run_s'] / total:.0%} | {entry['stages']} | {entry['tasks']} "
+                         f"| {cell(entry['input_mb'])} | {cell(entry['shuffle_write_mb'])} |")
     return "\n".join(lines)
 
 
@@ -545,6 +561,8 @@ def main() -> None:
                         help="Spark setting over conf/local.yaml's (e.g. spark.driver.memory=8g), recorded per size")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--render-only", action="store_true", help="print the BENCHMARKS.md table of --output")
+    parser.add_argument("--render-profile", default="10000000", metavar="SIZE",
+                        help="with --render-only: the size whose Spark profile follows the table")
     parser.add_argument("--merge", action="store_true", help="add to the figures already in --output")
     parser.add_argument("--baseline", choices=list(BASELINES), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -554,7 +572,7 @@ def main() -> None:
         _baseline_main(args.baseline, args.data, args.out)
         return
     if args.render_only:
-        print(render(json.loads(args.output.read_text(encoding="utf-8"))))
+        print(render(json.loads(args.output.read_text(encoding="utf-8")), profile_size=args.render_profile))
         return
     from ecominsight.logs import setup_logging
 
