@@ -16,6 +16,7 @@ Results go to benchmarks/results/etl.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ContextManager
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -139,7 +140,7 @@ def spark_rest(spark, path: str) -> Any:
 
 
 def _stage_profile(spark, since_stage: int) -> list[dict[str, Any]]:
-    """Executor run time since `since_stage` per job description (ecominsight labels each table's write
+    """Executor run time since `since_stage` per job description (run_spark labels each table's write
     `write <zone>/<table>`), else per stage name (an action's call site), from the UI's REST API."""
     stages = spark_rest(spark, "stages?status=complete") or []
     totals: dict[str, dict[str, Any]] = {}
@@ -161,10 +162,12 @@ def _stage_profile(spark, since_stage: int) -> list[dict[str, Any]]:
     return ranked
 
 
-def _max_stage_id(spark) -> int:
-    tracker = spark.sparkContext.statusTracker()
-    ids = [s for job in tracker.getJobIdsForGroup() for s in (tracker.getJobInfo(job).stageIds if tracker.getJobInfo(job) else [])]
-    return max(ids, default=-1) + 1
+def _next_stage_id(spark) -> int:
+    """The id the application's next stage will get, from the same REST API as the profile. (Taken from
+    the status tracker's jobs before, it let an earlier size's stages into the next size's profile: the
+    10M profile of 2026-12-03 14:29, run after 1M, summed to more task time than 2 cores have in its
+    wall time, and less each entry's 1M figure, to what the 10M A/Bs had measured.)"""
+    return max((stage["stageId"] for stage in spark_rest(spark, "stages") or []), default=-1) + 1
 
 
 class _Deadline:
@@ -198,6 +201,30 @@ PROFILE_ENTRIES = 16
 SPARK_OVERRIDES = ("fuse.text_encoding=events",)
 
 
+@contextlib.contextmanager
+def _writes_labelled(spark) -> Iterator[None]:
+    """Inside: every `Lake.write` labels its Spark jobs `write <zone>/<table>` (the job description, which
+    adaptive execution's stages inherit), so that the profile gives time per table. Done here, around the
+    library, because the library stays free of the SparkContext (tests/test_no_jvm.py: Spark Connect has none)."""
+    from ecominsight.io import Lake
+
+    context, unlabelled = spark.sparkContext, Lake.write
+
+    def labelled(lake: Lake, df, table) -> str:
+        previous = context.getLocalProperty("spark.job.description")
+        context.setJobDescription(f"write {table}")
+        try:
+            return unlabelled(lake, df, table)
+        finally:
+            context.setLocalProperty("spark.job.description", previous)
+
+    Lake.write = labelled
+    try:
+        yield
+    finally:
+        Lake.write = unlabelled
+
+
 def run_spark(spark, preset: str, *, lake_dir: Path, overrides: list[str] = (), timeout_s: float | None = None) -> dict[str, Any]:
     """ecominsight clean + fuse of `preset` into a fresh lake: seconds, counts, peak memory, profile.
     A run past `timeout_s` is cancelled and reported as not finished (its time as a lower bound)."""
@@ -210,11 +237,11 @@ def run_spark(spark, preset: str, *, lake_dir: Path, overrides: list[str] = (), 
     config = load_config("local", [f"source.preset={preset}", f"lake={lake_dir}", f"spark.master={MASTER}",
                                    *SPARK_OVERRIDES, *overrides])
     lake = Lake(config.lake_path)
-    first_stage = _max_stage_id(spark)
+    first_stage = _next_stage_id(spark)
     jvm_pid = spark.sparkContext._gateway.proc.pid
     started = cleaned = time.perf_counter()
     try:
-        with PeakSampler(jvm_pid) as sampler, _Deadline(spark, timeout_s) as deadline:
+        with PeakSampler(jvm_pid) as sampler, _Deadline(spark, timeout_s) as deadline, _writes_labelled(spark):
             clean = stages.run_clean(spark, config, lake, "bench").to_dict()
             cleaned = time.perf_counter()
             fused = stages.run_fuse(spark, config, lake, "bench").to_dict()

@@ -28,7 +28,7 @@ from ecominsight.catalog import Table
 from ecominsight.errors import LakeError
 from ecominsight.presets import Preset, TableSource
 from ecominsight.schema import CORRUPT, SOURCE_FILE, SOURCE_LINE
-from ecominsight.session import default_parallelism, labelled_jobs
+from ecominsight.session import default_parallelism
 from ecominsight.storage import StoragePath
 
 if TYPE_CHECKING:
@@ -330,8 +330,7 @@ class Lake:
             # A fresh folder: a plain write, committed by the session's committer (the S3A committers
             # on s3a://); no overwrite, so no dynamic partition overwrite, which those refuse.
             # "error" (= errorifexists), the spelling Spark Connect's client also accepts.
-            with labelled_jobs(df.sparkSession, f"write {table}"):
-                writer.mode("error").parquet(folder.uri)
+            writer.mode("error").parquet(folder.uri)
         except Exception as err:
             # No partial output: the unfinished version goes, and so does the folder of a table that was
             # never published (a first write that failed).

@@ -30,7 +30,6 @@ REQUIRED_SQL_CONF = {
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
 }
-JOB_DESCRIPTION = "spark.job.description"  # the local property that SparkContext.setJobDescription sets
 # Rows of the probe that measures the default parallelism: at least one per slice on any cluster.
 PARALLELISM_PROBE_ROWS = 1 << 20
 # How long a Spark Connect server may take to accept a connection before it counts as absent.
@@ -113,25 +112,6 @@ def default_parallelism(spark: SparkSession) -> int:
     slices = spark.range(PARALLELISM_PROBE_ROWS).select(F.spark_partition_id().alias("slice"))
     last = slices.agg(F.max("slice")).first()[0]
     return int(last) + 1
-
-
-@contextmanager
-def labelled_jobs(spark: SparkSession, label: str) -> Iterator[None]:
-    """Spark jobs started by this thread inside the block carry `label` as their description: the
-    Spark UI and its REST API show it on every stage, adaptive execution's included (they capture the
-    caller's local properties), so time sums per label. Over Spark Connect the client has no
-    SparkContext to label with, and the jobs keep the server's names."""
-    try:
-        context = spark.sparkContext
-    except PySparkException:
-        yield
-        return
-    previous = context.getLocalProperty(JOB_DESCRIPTION)
-    context.setJobDescription(label)
-    try:
-        yield
-    finally:
-        context.setLocalProperty(JOB_DESCRIPTION, previous)
 
 
 def _active_or_new(app_name: str, master: str | None, conf: Mapping[str, str] | None,

@@ -216,31 +216,6 @@ def test_spark_writes_versions_and_reads_partitions_back_as_columns(spark, tmp_p
     assert lake.read(spark, PLAIN).count() == 4 and len(version_folders(lake, PLAIN)) == 1
 
 
-def test_a_spark_write_labels_its_jobs_with_the_table_and_restores_the_callers_label(spark, tmp_path):
-    """Every job of a partitioned write (its shuffle stage runs from adaptive execution's own threads)
-    is described as `write <table>` in the application's status store, the one that the UI and a
-    benchmark's profile read; the caller's own description is back afterwards."""
-    from pyspark.sql import functions as F
-
-    context = spark.sparkContext
-    store = context._jsc.sc().statusStore()  # JVM side: the status API has no Python binding
-
-    def job_ids_and_labels() -> dict[int, str | None]:
-        listed = store.jobsList(None)
-        jobs = [listed.apply(i) for i in range(listed.size())]
-        return {job.jobId(): job.description().get() if job.description().isDefined() else None for job in jobs}
-
-    earlier = set(job_ids_and_labels())
-    context.setJobDescription("the caller's label")
-    try:
-        Lake(tmp_path / "lake").write(spark.range(40).withColumn("day", F.expr("date_add(date'2024-01-01', cast(id % 2 as int))")),
-                                      BY_DAY)
-        assert context.getLocalProperty("spark.job.description") == "the caller's label"
-    finally:
-        context.setJobDescription(None)
-    assert {label for job, label in job_ids_and_labels().items() if job not in earlier} == {"write scores/probe"}
-
-
 def test_a_failed_spark_write_leaves_no_version_and_the_previous_table(spark, tmp_path):
     from pyspark.sql import functions as F
 
