@@ -163,10 +163,7 @@ def _stage_profile(spark, since_stage: int) -> list[dict[str, Any]]:
 
 
 def _next_stage_id(spark) -> int:
-    """The id the application's next stage will get, from the same REST API as the profile. (Taken from
-    the status tracker's jobs before, it let an earlier size's stages into the next size's profile: the
-    10M profile of 2026-12-03 14:29, run after 1M, summed to more task time than 2 cores have in its
-    wall time, and less each entry's 1M figure, to what the 10M A/Bs had measured.)"""
+    """The id the application's next stage will get, from the same REST API as the profile."""
     return max((stage["stageId"] for stage in spark_rest(spark, "stages") or []), default=-1) + 1
 
 
