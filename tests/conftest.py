@@ -44,8 +44,8 @@ def spark():
             # conf/local.yaml's SQL settings, as command 1 runs them: the sample's 593 day folders listed by the
             # driver, not by a Spark job per read; the disk caches' batches left uncompressed
             **{key: value for key, value in load_config("local").spark.conf.items() if key.startswith("spark.sql.")},
-            # ...except the shuffle width: the suite's small tables take 4, and the Connect test's server
-            # is started with the same 4 to compare its run with the classic session's.
+            # ...except the shuffle width: the suite's small tables take 4 (the Connect test gives its server
+            # this session's width, so that the two runs partition alike).
             "spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
             "spark.default.parallelism": "2", "spark.driver.extraJavaOptions": f"-Dderby.system.home={REPO / '.pytest_cache'}",
         },

@@ -22,6 +22,7 @@ from ecominsight.errors import LakeError
 from ecominsight.io import Lake, read_json, write_json
 from ecominsight.models import transformer
 from ecominsight.models.transformer import CJK_RANGES, transformer_spec  # noqa: F401  (tests import it here)
+from ecominsight.session import conf_value, default_parallelism
 from ecominsight.stages.base import StageResult
 
 if TYPE_CHECKING:
@@ -121,7 +122,8 @@ def _fit_baseline(name: str, pipeline, features: "FeatureSpec", data: DataFrame,
     FeatureSpec it saw, features.json) + metrics."""
     from ecominsight.models import baseline
 
-    partitions = int(data.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    # The session's shuffle width, or its task slots where the platform does not expose the setting.
+    partitions = int(conf_value(data.sparkSession, "spark.sql.shuffle.partitions") or default_parallelism(data.sparkSession))
     model = pipeline.fit(baseline.in_fit_order(data.filter(F.col("split") == "train"), partitions=partitions))
     predictions = _split_predictions(baseline.with_probability(model, data, output_col="p"), "p")
     metrics = {**_evaluate(predictions), **baseline.explain(model, features=features)}
